@@ -1,0 +1,282 @@
+"""HandlerRegistry: the subscriptions, and the cached dispatch plan of each event class.
+
+A registry can be filled without a bus (``cart = HandlerRegistry()``,
+``@cart.subscribe``) and added to one later with ``bus.include(cart)``.
+:class:`~eventbus.EventBus` is itself a registry.
+
+The plan of an event class (which handlers, in which order) is computed on
+the first publish of that class and cached until the next subscribe,
+include or unsubscribe, so publishing never walks the subscriptions.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import dataclasses
+import itertools
+import threading
+import typing as t
+
+from ..events import Event
+from ..retry import RetryPolicy
+from .subscription import Subscription, caller_namespace
+
+__all__ = ["HandlerRegistry"]
+
+E = t.TypeVar("E", bound=Event)
+R = t.TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """Who handles one event class, in delivery order; built once per class."""
+
+    subscriptions: tuple[Subscription, ...]
+    #: Each subscription with its retry policy, the bus default filled in (None: one attempt).
+    entries: tuple[tuple[Subscription, RetryPolicy | None], ...]
+    #: The same entries grouped by priority, highest first (for concurrent dispatch).
+    priority_groups: tuple[tuple[tuple[Subscription, RetryPolicy | None], ...], ...]
+    has_async: bool
+
+
+class HandlerRegistry:
+    """A set of handler subscriptions, usable on its own or as part of a bus."""
+
+    def __init__(self) -> None:
+        self._subscriptions: list[Subscription] = []
+        self._sequence = itertools.count()
+        self._lock = threading.RLock()
+        self._plans: dict[type, Plan] = {}
+        self._default_retry: RetryPolicy | None = None
+
+    # -- registering ---------------------------------------------------------------
+
+    @t.overload
+    def subscribe(  # type: ignore[overload-overlap]  # an Event class is callable too
+        self,
+        event_type: type[E],
+        /,
+        *,
+        priority: int = ...,
+        retry: RetryPolicy | None = ...,
+        run_in_thread: bool = ...,
+    ) -> c.Callable[[c.Callable[[E], R]], c.Callable[[E], R]]: ...
+
+    @t.overload
+    def subscribe(
+        self,
+        handler: c.Callable[[E], R],
+        /,
+        *,
+        priority: int = ...,
+        retry: RetryPolicy | None = ...,
+        run_in_thread: bool = ...,
+    ) -> c.Callable[[E], R]: ...
+
+    @t.overload
+    def subscribe(
+        self,
+        /,
+        *,
+        priority: int = ...,
+        retry: RetryPolicy | None = ...,
+        run_in_thread: bool = ...,
+    ) -> c.Callable[[c.Callable[[E], R]], c.Callable[[E], R]]: ...
+
+    def subscribe(
+        self,
+        target: object = None,
+        /,
+        *,
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        run_in_thread: bool = False,
+    ) -> t.Any:
+        """Register a handler; usable bare, with an event class, or with options.
+
+        ::
+
+            @bus.subscribe                      # class from the annotation
+            def on_added(event: ItemAdded) -> None: ...
+
+            @bus.subscribe(ItemAdded, priority=10)
+            async def reserve(event: ItemAdded) -> None: ...
+
+            bus.subscribe(obj.method)           # plain call, no decorator
+
+        The event class comes from the explicit argument, else from the first
+        parameter's annotation (a union subscribes to each member). The
+        handler also receives subclasses of that class.
+
+        Options:
+
+        - ``priority``: higher runs first; equal priorities run in
+          registration order.
+        - ``retry``: a :class:`RetryPolicy`; by default the bus's.
+        - ``run_in_thread``: for a blocking sync handler; ``publish_async``
+          runs it in a worker thread so the event loop keeps going.
+
+        Returns the handler unchanged. Raises ``TypeError`` at once for a
+        handler that cannot be called with one event, an annotation that is
+        not an Event subclass, or a bad option; ``ValueError`` if the handler
+        is already subscribed to that class.
+        """
+        options = {"priority": priority, "retry": retry, "run_in_thread": run_in_thread}
+        if isinstance(target, type):
+            if not issubclass(target, Event):
+                raise TypeError(
+                    f"subscribe({target.__qualname__}) needs an Event subclass, and "
+                    f"{target.__qualname__} is not one; pass the event class, or the handler"
+                )
+            event_class: type[Event] = target
+            namespace = caller_namespace()
+
+            def decorator(handler: c.Callable[[E], R]) -> c.Callable[[E], R]:
+                self._add(handler, event_class, namespace, **options)  # type: ignore[arg-type]
+                return handler
+
+            return decorator
+        if target is None:
+            namespace = caller_namespace()
+
+            def infer(handler: c.Callable[[E], R]) -> c.Callable[[E], R]:
+                self._add(handler, None, namespace, **options)  # type: ignore[arg-type]
+                return handler
+
+            return infer
+        self._add(target, None, caller_namespace(), **options)  # type: ignore[arg-type]
+        return target
+
+    def include(self, registry: HandlerRegistry, /) -> None:
+        """Add every subscription of ``registry`` to this one, in its registration order.
+
+        The subscriptions are copied: handlers subscribed to ``registry``
+        afterwards are not added.
+        """
+        if not isinstance(registry, HandlerRegistry):
+            raise TypeError(f"include() takes a HandlerRegistry, got {registry!r}")
+        if registry is self:
+            raise ValueError("a registry cannot include itself")
+        with registry._lock:
+            incoming = list(registry._subscriptions)
+        with self._lock:
+            for sub in incoming:
+                self._check_not_subscribed(sub)
+            for sub in incoming:
+                self._subscriptions.append(
+                    dataclasses.replace(sub, sequence=next(self._sequence))
+                )
+            self._plans = {}
+
+    def unsubscribe(
+        self, handler: c.Callable[..., object], /, event_type: type[Event] | None = None
+    ) -> None:
+        """Remove ``handler`` (from ``event_type`` only, if given).
+
+        Raises ``ValueError`` if it was not subscribed. An event whose
+        dispatch already started may still reach it.
+        """
+        with self._lock:
+            keep = [
+                sub
+                for sub in self._subscriptions
+                if not (
+                    sub.handler == handler
+                    and (event_type is None or event_type in sub.event_types)
+                )
+            ]
+            if len(keep) == len(self._subscriptions):
+                target = f" from {event_type.__qualname__}" if event_type is not None else ""
+                raise ValueError(f"cannot unsubscribe {handler!r}{target}: it is not subscribed")
+            if event_type is not None:  # keep the handler's other event classes
+                for sub in self._subscriptions:
+                    if sub.handler == handler and event_type in sub.event_types:
+                        rest = tuple(k for k in sub.event_types if k is not event_type)
+                        if rest:
+                            keep.append(dataclasses.replace(sub, event_types=rest))
+                keep.sort(key=lambda s: s.sequence)
+            self._subscriptions = keep
+            self._plans = {}
+
+    # -- introspection -------------------------------------------------------------
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """Every subscription, in registration order."""
+        with self._lock:
+            return tuple(self._subscriptions)
+
+    def subscriptions_for(self, event_class: type[Event], /) -> tuple[Subscription, ...]:
+        """The subscriptions an event of ``event_class`` goes to, in delivery order."""
+        return self._plan(event_class).subscriptions
+
+    # -- internals -----------------------------------------------------------------
+
+    def _add(
+        self,
+        handler: object,
+        event_type: type[Event] | None,
+        namespace: c.Mapping[str, object] | None,
+        *,
+        priority: int,
+        retry: RetryPolicy | None,
+        run_in_thread: bool,
+    ) -> None:
+        with self._lock:
+            sub = Subscription.create(
+                handler,
+                event_type,
+                priority=priority,
+                retry=retry,
+                run_in_thread=run_in_thread,
+                sequence=next(self._sequence),
+                caller_locals=namespace,
+            )
+            self._check_not_subscribed(sub)
+            self._subscriptions.append(sub)
+            self._plans = {}
+
+    def _check_not_subscribed(self, new: Subscription) -> None:
+        for sub in self._subscriptions:
+            if sub.handler == new.handler:
+                shared = [k for k in new.event_types if k in sub.event_types]
+                if shared:
+                    raise ValueError(
+                        f"{new.name} is already subscribed to {shared[0].__qualname__}; "
+                        "subscribing it twice would run it twice per event "
+                        "(included the same registry twice?)"
+                    )
+
+    def _plan(self, event_class: type) -> Plan:
+        """The cached plan for ``event_class``, built on first use."""
+        plan = self._plans.get(event_class)
+        if plan is not None:
+            return plan
+        if not (isinstance(event_class, type) and issubclass(event_class, Event)):
+            raise TypeError(
+                f"only Event instances can be published, got a {event_class.__qualname__}; "
+                "define the payload as a class MyEvent(Event) and publish MyEvent(...)"
+            )
+        with self._lock:  # built under the lock so a concurrent subscribe cannot go unseen
+            subs = sorted(
+                (s for s in self._subscriptions if s.receives(event_class)),
+                key=lambda s: (-s.priority, s.sequence),
+            )
+            default = self._default_retry
+            entries = tuple((s, _effective(s.retry or default)) for s in subs)
+            plan = Plan(
+                subscriptions=tuple(subs),
+                entries=entries,
+                priority_groups=tuple(
+                    tuple(group)
+                    for _, group in itertools.groupby(entries, key=lambda e: e[0].priority)
+                ),
+                has_async=any(s.is_async for s in subs),
+            )
+            self._plans[event_class] = plan
+            return plan
+
+
+def _effective(policy: RetryPolicy | None) -> RetryPolicy | None:
+    """None when the policy allows only one attempt, so the hot path skips retry logic."""
+    return policy if policy is not None and policy.max_attempts > 1 else None

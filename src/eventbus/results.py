@@ -1,0 +1,40 @@
+"""PublishResult: what one publish call did."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+if t.TYPE_CHECKING:
+    from .dead_letters import DeadLetter
+    from .events import Event
+
+__all__ = ["PublishResult"]
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class PublishResult:
+    """The outcome of publishing one event.
+
+    ``event`` is the event as delivered: for an event published from inside
+    a handler, a copy carrying its ``causation_id`` and ``correlation_id``.
+    ``dead_letters`` holds the letters of this event and of every event its
+    handlers published, directly or not.
+
+    A result returned by a publish call made inside a handler is filled in
+    as the cascade proceeds, and complete when the top-level call returns.
+    """
+
+    event: Event
+    dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no handler ended dead-lettered."""
+        return not self.dead_letters
+
+    def __repr__(self) -> str:
+        return (
+            f"<PublishResult {self.event.event_type} ok={self.ok} "
+            f"dead_letters={len(self.dead_letters)}>"
+        )
