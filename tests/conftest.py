@@ -1,0 +1,21 @@
+"""Shared fixtures: a fresh bus per test, and hypothesis settings fit for shared CI machines."""
+
+from __future__ import annotations
+
+import collections.abc as c
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from eventbus import EventBus
+
+# Shared 2-core machines: timing-based health checks would make tests flaky, not stricter.
+settings.register_profile(
+    "eventbus", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100
+)
+settings.load_profile("eventbus")
+
+
+@pytest.fixture
+def bus() -> c.Iterator[EventBus]:
+    yield EventBus()
