@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections.abc as c
-
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -17,5 +15,5 @@ settings.load_profile("eventbus")
 
 
 @pytest.fixture
-def bus() -> c.Iterator[EventBus]:
-    yield EventBus()
+def bus() -> EventBus:
+    return EventBus()

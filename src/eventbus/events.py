@@ -13,13 +13,16 @@ import typing as t
 import uuid
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["Event", "UnknownEventTypeError"]
 
 
 class UnknownEventTypeError(LookupError):
     """No :class:`Event` subclass is defined under the requested ``event_type``."""
+
+
+_UNSET: t.Final = object()
 
 
 def _utc_now() -> datetime:
@@ -57,7 +60,8 @@ class Event(BaseModel):
     class under that name.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and nan survive the JSON round trip instead of silently becoming null
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
     event_type: t.ClassVar[str] = "eventbus.Event"
 
@@ -66,11 +70,21 @@ class Event(BaseModel):
     correlation_id: uuid.UUID | None = None
     causation_id: uuid.UUID | None = None
 
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # Runs on given values only: the default is already UTC.
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                "occurred_at must be timezone-aware; pass datetime.now(UTC), not datetime.now()"
+            )
+        return value.astimezone(UTC)
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: t.Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        explicit = cls.__dict__.get("event_type")
-        if explicit is None:
+        explicit = cls.__dict__.get("event_type", _UNSET)
+        if explicit is _UNSET:
             cls.event_type = f"{cls.__module__}.{cls.__qualname__}"
         elif not isinstance(explicit, str) or not explicit:
             raise TypeError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc as c
 import dataclasses
+import math
 
 __all__ = ["RetryPolicy"]
 
@@ -36,8 +37,13 @@ class RetryPolicy:
             )
         for name in ("initial_delay", "backoff", "max_delay"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.backoff < 1:
             raise ValueError(
                 f"backoff multiplies each delay, so it must be >= 1; got {self.backoff}"

@@ -24,6 +24,7 @@ from .subscription import Subscription, caller_namespace
 __all__ = ["HandlerRegistry"]
 
 E = t.TypeVar("E", bound=Event)
+P = t.ParamSpec("P")
 R = t.TypeVar("R")
 
 
@@ -60,18 +61,18 @@ class HandlerRegistry:
         priority: int = ...,
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
-    ) -> c.Callable[[c.Callable[[E], R]], c.Callable[[E], R]]: ...
+    ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     @t.overload
     def subscribe(
         self,
-        handler: c.Callable[[E], R],
+        handler: c.Callable[t.Concatenate[E, P], R],
         /,
         *,
         priority: int = ...,
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
-    ) -> c.Callable[[E], R]: ...
+    ) -> c.Callable[t.Concatenate[E, P], R]: ...
 
     @t.overload
     def subscribe(
@@ -81,7 +82,7 @@ class HandlerRegistry:
         priority: int = ...,
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
-    ) -> c.Callable[[c.Callable[[E], R]], c.Callable[[E], R]]: ...
+    ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     def subscribe(
         self,
@@ -131,7 +132,9 @@ class HandlerRegistry:
             event_class: type[Event] = target
             namespace = caller_namespace()
 
-            def decorator(handler: c.Callable[[E], R]) -> c.Callable[[E], R]:
+            def decorator(
+                handler: c.Callable[t.Concatenate[E, P], R],
+            ) -> c.Callable[t.Concatenate[E, P], R]:
                 self._add(handler, event_class, namespace, **options)  # type: ignore[arg-type]
                 return handler
 
@@ -139,7 +142,9 @@ class HandlerRegistry:
         if target is None:
             namespace = caller_namespace()
 
-            def infer(handler: c.Callable[[E], R]) -> c.Callable[[E], R]:
+            def infer(
+                handler: c.Callable[t.Concatenate[E, P], R],
+            ) -> c.Callable[t.Concatenate[E, P], R]:
                 self._add(handler, None, namespace, **options)  # type: ignore[arg-type]
                 return handler
 
@@ -163,9 +168,7 @@ class HandlerRegistry:
             for sub in incoming:
                 self._check_not_subscribed(sub)
             for sub in incoming:
-                self._subscriptions.append(
-                    dataclasses.replace(sub, sequence=next(self._sequence))
-                )
+                self._subscriptions.append(dataclasses.replace(sub, sequence=next(self._sequence)))
             self._plans = {}
 
     def unsubscribe(
@@ -181,8 +184,7 @@ class HandlerRegistry:
                 sub
                 for sub in self._subscriptions
                 if not (
-                    sub.handler == handler
-                    and (event_type is None or event_type in sub.event_types)
+                    sub.handler == handler and (event_type is None or event_type in sub.event_types)
                 )
             ]
             if len(keep) == len(self._subscriptions):
@@ -237,15 +239,23 @@ class HandlerRegistry:
             self._plans = {}
 
     def _check_not_subscribed(self, new: Subscription) -> None:
+        """Refuse a handler that would run twice for one event."""
         for sub in self._subscriptions:
-            if sub.handler == new.handler:
-                shared = [k for k in new.event_types if k in sub.event_types]
-                if shared:
-                    raise ValueError(
-                        f"{new.name} is already subscribed to {shared[0].__qualname__}; "
-                        "subscribing it twice would run it twice per event "
-                        "(included the same registry twice?)"
-                    )
+            if sub.handler != new.handler:
+                continue
+            for old in sub.event_types:
+                for added in new.event_types:
+                    if issubclass(added, old) or issubclass(old, added):
+                        overlap = (
+                            f"{old.__qualname__}"
+                            if old is added
+                            else f"{old.__qualname__}, which overlaps {added.__qualname__}"
+                        )
+                        raise ValueError(
+                            f"{new.name} is already subscribed to {overlap}; subscribing it "
+                            "again would run it twice per event (included the same registry "
+                            "twice?)"
+                        )
 
     def _plan(self, event_class: type) -> Plan:
         """The cached plan for ``event_class``, built on first use."""

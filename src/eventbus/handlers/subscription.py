@@ -83,7 +83,9 @@ class Subscription:
                 f"cannot subscribe {name}: it is a generator function, so calling it would "
                 "never run its body; use return instead of yield"
             )
-        annotation = _first_parameter_annotation(handler, name, caller_locals)
+        annotation = _first_parameter_annotation(
+            handler, name, caller_locals, required=event_type is None
+        )
         if event_type is None:
             if annotation is inspect.Parameter.empty:
                 raise TypeError(
@@ -94,16 +96,14 @@ class Subscription:
             event_types = _event_classes(annotation, name)
         else:
             event_types = _event_classes(event_type, name, explicit=True)
-            if annotation is not inspect.Parameter.empty and not isinstance(annotation, str):
-                declared = _event_classes(annotation, name)
-                for explicit in event_types:
-                    if not issubclass(explicit, declared):
-                        raise TypeError(
-                            f"cannot subscribe {name} to {explicit.__qualname__}: its first "
-                            f"parameter is annotated {_describe(annotation)}, which "
-                            f"{explicit.__qualname__} events are not; fix the annotation or "
-                            "the class passed to subscribe()"
-                        )
+            for explicit in event_types:
+                if not _accepts(annotation, explicit):
+                    raise TypeError(
+                        f"cannot subscribe {name} to {explicit.__qualname__}: its first "
+                        f"parameter is annotated {_describe(annotation)}, which "
+                        f"{explicit.__qualname__} events are not; fix the annotation or "
+                        "the class passed to subscribe()"
+                    )
         return cls(
             handler=handler,
             name=name,
@@ -151,12 +151,20 @@ def _is_async(handler: object) -> bool:
 
 
 def _first_parameter_annotation(
-    handler: object, name: str, caller_locals: c.Mapping[str, object] | None
+    handler: object, name: str, caller_locals: c.Mapping[str, object] | None, *, required: bool
 ) -> object:
-    """The first parameter's annotation, evaluated if it was a string where possible."""
+    """The first parameter's annotation, evaluated if it was a string.
+
+    When the event class was given explicitly (``required=False``), an
+    annotation that cannot be evaluated (a name imported under
+    ``TYPE_CHECKING``) is left unchecked rather than refused.
+    """
     try:
         signature = inspect.signature(handler, eval_str=True, locals=caller_locals)  # type: ignore[arg-type]
     except NameError as error:
+        if not required:
+            signature = inspect.signature(handler)  # type: ignore[arg-type]
+            return _check_parameters(signature, name)
         raise TypeError(
             f"cannot subscribe {name}: its annotation names {error.name!r}, which is not "
             f"defined where the handler is; import it there, or name the class explicitly: "
@@ -164,6 +172,11 @@ def _first_parameter_annotation(
         ) from None
     except (TypeError, ValueError):
         return inspect.Parameter.empty  # builtins without signatures: nothing to check
+    return _check_parameters(signature, name)
+
+
+def _check_parameters(signature: inspect.Signature, name: str) -> object:
+    """Refuse a signature that cannot take exactly one event; return the event's annotation."""
     params = list(signature.parameters.values())
     positional_kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     variadic_kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -225,6 +238,23 @@ def _event_classes(
             )
         raise TypeError(f"cannot subscribe {name}: {where} {problem}")
     return tuple(classes)
+
+
+def _accepts(annotation: object, event_class: type[Event]) -> bool:
+    """Whether a parameter annotated ``annotation`` accepts ``event_class`` events.
+
+    Annotations that cannot be judged (unevaluated strings, type variables)
+    are trusted; the type checker has the last word on those.
+    """
+    if annotation is inspect.Parameter.empty or annotation is t.Any or isinstance(annotation, str):
+        return True
+    if t.get_origin(annotation) is t.Annotated:
+        return _accepts(t.get_args(annotation)[0], event_class)
+    if t.get_origin(annotation) in (t.Union, types.UnionType):
+        return any(_accepts(member, event_class) for member in t.get_args(annotation))
+    if isinstance(annotation, type):
+        return issubclass(event_class, annotation)
+    return True
 
 
 def _describe(annotation: object) -> str:
