@@ -347,14 +347,14 @@ def test_handler_requiring_a_second_argument(bus: EventBus) -> None:
         match=r"two_args: it requires 'extra' besides the event.*give it a default or drop it",
     ):
 
-        @bus.subscribe  # type: ignore[arg-type]
+        @bus.subscribe
         def two_args(event: Added, extra: int) -> None: ...
 
 
 def test_handler_requiring_a_keyword_argument(bus: EventBus) -> None:
     with pytest.raises(TypeError, match=r"needs_flag: it requires 'flag' besides the event"):
 
-        @bus.subscribe  # type: ignore[arg-type]
+        @bus.subscribe
         def needs_flag(event: Added, *, flag: bool) -> None: ...
 
 
@@ -372,7 +372,7 @@ def test_method_in_a_class_body(bus: EventBus) -> None:
     ):
 
         class Service:
-            @bus.subscribe  # type: ignore[arg-type, type-var]
+            @bus.subscribe
             def on_added(self, event: Added) -> None: ...
 
 
@@ -459,7 +459,7 @@ def test_subscribe_a_non_event_class(bus: EventBus) -> None:
     with pytest.raises(TypeError, match=r"subscribe\(int\) needs an Event subclass"):
         bus.subscribe(int)  # type: ignore[type-var]
     with pytest.raises(TypeError, match=r"subscribe\(dict\) needs an Event subclass"):
-        bus.subscribe(dict)  # type: ignore[type-var]
+        bus.subscribe(dict)
 
 
 def test_unresolvable_string_annotation(bus: EventBus) -> None:
