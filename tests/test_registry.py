@@ -372,7 +372,7 @@ def test_method_in_a_class_body(bus: EventBus) -> None:
     ):
 
         class Service:
-            @bus.subscribe
+            @bus.subscribe  # type: ignore[type-var]
             def on_added(self, event: Added) -> None: ...
 
 
