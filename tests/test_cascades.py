@@ -792,3 +792,82 @@ def test_task_left_running_by_sync_publish_is_cancelled_when_it_returns() -> Non
     [task] = tasks
     assert task.cancelled()
     assert log == ["cancelled"]
+
+
+def test_task_started_by_a_handler_publishes_as_a_child_of_that_handlers_event_async() -> None:
+    """Causation follows the event whose handler started the task, not whatever runs later."""
+    bus = EventBus()
+    gate = asyncio.Event()
+    seen: dict[str, Event] = {}
+    tasks: list[asyncio.Task[None]] = []
+
+    async def later() -> None:
+        await gate.wait()
+        await bus.publish_async(Other())
+
+    @bus.subscribe
+    async def on_root(event: Root) -> None:
+        tasks.append(asyncio.create_task(later()))
+        await bus.publish_async(Child(name="b"))
+
+    @bus.subscribe
+    async def on_child(event: Child) -> None:
+        gate.set()
+        await asyncio.sleep(0)  # let the task publish while Child is being dispatched
+        await asyncio.sleep(0)
+
+    @bus.subscribe
+    def on_other(event: Other) -> None:
+        seen["other"] = event
+
+    async def main() -> Root:
+        root = Root()
+        await bus.publish_async(root)
+        await asyncio.gather(*tasks)
+        return root
+
+    root = asyncio.run(main())
+    assert seen["other"].causation_id == root.event_id
+    assert seen["other"].correlation_id == root.event_id
+
+
+def test_async_handlers_in_sync_publish_see_their_own_event_as_the_cause() -> None:
+    """The private loop's context is refreshed per handler, so ids stay right down a cascade."""
+    bus = EventBus()
+    children: list[Event] = []
+
+    @bus.subscribe
+    async def on_root(event: Root) -> None:
+        await bus.publish_async(Child(name="c"))
+
+    @bus.subscribe
+    async def on_child(event: Child) -> None:
+        await bus.publish_async(Grandchild(name="g"))
+
+    @bus.subscribe
+    def record(event: Child | Grandchild) -> None:
+        children.append(event)
+
+    root = Root()
+    bus.publish(root)
+    child, grandchild = children
+    assert child.causation_id == root.event_id
+    assert grandchild.causation_id == child.event_id
+    assert grandchild.correlation_id == root.event_id
+
+
+def test_explicit_causation_keeps_it_and_still_gets_a_correlation_id() -> None:
+    bus = EventBus()
+    explicit = uuid.uuid4()
+    seen: list[Child] = []
+
+    @bus.subscribe
+    def on_root(event: Root) -> None:
+        bus.publish(Child(name="c", causation_id=explicit))
+
+    bus.subscribe(Child)(seen.append)
+    root = Root()
+    bus.publish(root)
+    [child] = seen
+    assert child.causation_id == explicit
+    assert child.correlation_id == root.event_id

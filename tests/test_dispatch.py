@@ -740,3 +740,35 @@ def test_each_publish_has_its_own_result() -> None:
     assert len(second.dead_letters) == 1
     assert first.dead_letters[0] is not second.dead_letters[0]
     assert len(bus.dead_letters) == 2
+
+
+class Abort(BaseException):
+    """Not a handler failure: escapes the bus (as cancellation or SystemExit would)."""
+
+
+def test_concurrent_group_is_cancelled_together_when_one_handler_escapes_async() -> None:
+    """A BaseException out of one concurrent handler cancels its siblings, never orphans them."""
+    bus = EventBus(concurrent=True)
+    outcome: list[str] = []
+    never = asyncio.Event()
+
+    @bus.subscribe
+    async def escapes(event: Placed) -> None:
+        await asyncio.sleep(0)
+        raise Abort
+
+    @bus.subscribe
+    async def waits_forever(event: Placed) -> None:
+        try:
+            await never.wait()
+        except asyncio.CancelledError:
+            outcome.append("sibling cancelled")
+            raise
+
+    async def main() -> None:
+        with pytest.raises(Abort):
+            await bus.publish_async(Placed(order_id="o1"))
+        await asyncio.sleep(0)  # let the cancellation be delivered
+        assert outcome == ["sibling cancelled"]
+
+    asyncio.run(main())

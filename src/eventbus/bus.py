@@ -98,9 +98,9 @@ class EventBus(HandlerRegistry):
         current event's handlers, and returns at once.
         """
         plan = self._plans.get(type(event)) or self._plan(type(event))
-        current = _current_cascade.get()
-        if current is not None and current.bus is self:
-            queued = current.enqueue(event)
+        current = _current_item.get()
+        if current is not None and current.cascade.bus is self:
+            queued = current.cascade.enqueue(event, current)
             if queued is not None:
                 return queued
         if plan.has_async and _loop_is_running():
@@ -110,19 +110,22 @@ class EventBus(HandlerRegistry):
                 f"{type(event).__qualname__} from inside a running event loop without blocking "
                 f"it; use `await bus.publish_async(event)` instead"
             )
-        cascade = _Cascade(self, event)
-        token = _current_cascade.set(cascade)
+        cascade = _Cascade(self)
+        root = _Item(cascade, event, 0, None)
+        item: _Item | None = root
+        token = _current_item.set(root)
         try:
-            item: _Item | None = cascade.current
             while item is not None:
-                self._deliver(item, plan, cascade)
+                self._deliver(item, plan)
                 item = cascade.next()
                 if item is not None:
-                    plan = self._plan(type(item.event))
+                    _current_item.set(item)
+                    plan = self._plans.get(type(item.event)) or self._plan(type(item.event))
         finally:
-            _current_cascade.reset(token)
-            cascade.close()
-        return cascade.root.result
+            _current_item.reset(token)
+            if not cascade.closed or cascade.runner is not None:
+                cascade.close()
+        return root.result
 
     async def publish_async(self, event: Event, /) -> PublishResult:
         """Deliver ``event`` to its handlers from asyncio and return the result.
@@ -136,28 +139,31 @@ class EventBus(HandlerRegistry):
         current event's handlers, and returns at once.
         """
         plan = self._plans.get(type(event)) or self._plan(type(event))
-        current = _current_cascade.get()
-        if current is not None and current.bus is self:
-            queued = current.enqueue(event)
+        current = _current_item.get()
+        if current is not None and current.cascade.bus is self:
+            queued = current.cascade.enqueue(event, current)
             if queued is not None:
                 return queued
-        cascade = _Cascade(self, event)
-        token = _current_cascade.set(cascade)
+        cascade = _Cascade(self)
+        root = _Item(cascade, event, 0, None)
+        item: _Item | None = root
+        token = _current_item.set(root)
         try:
-            item: _Item | None = cascade.current
             while item is not None:
                 await self._deliver_async(item, plan)
                 item = cascade.next()
                 if item is not None:
-                    plan = self._plan(type(item.event))
+                    _current_item.set(item)
+                    plan = self._plans.get(type(item.event)) or self._plan(type(item.event))
         finally:
-            _current_cascade.reset(token)
-            cascade.close()
-        return cascade.root.result
+            _current_item.reset(token)
+            if not cascade.closed or cascade.runner is not None:
+                cascade.close()
+        return root.result
 
     # -- the sync path -------------------------------------------------------------
 
-    def _deliver(self, item: _Item, plan: Plan, cascade: _Cascade) -> None:
+    def _deliver(self, item: _Item, plan: Plan) -> None:
         event = item.event
         for sub, policy in plan.entries:
             if policy is None and not sub.is_async:
@@ -168,11 +174,9 @@ class EventBus(HandlerRegistry):
                 except Exception as error:
                     self._dead_letter(item, sub, 1, error)
             else:
-                self._attempt(item, sub, policy, cascade)
+                self._attempt(item, sub, policy)
 
-    def _attempt(
-        self, item: _Item, sub: Subscription, policy: RetryPolicy | None, cascade: _Cascade
-    ) -> None:
+    def _attempt(self, item: _Item, sub: Subscription, policy: RetryPolicy | None) -> None:
         """Run one handler with its retries, on the sync path."""
         event = item.event
         if sub.is_async and _loop_is_running():
@@ -192,7 +196,7 @@ class EventBus(HandlerRegistry):
             attempt += 1
             try:
                 if sub.is_async:
-                    cascade.run_coroutine(sub.handler(event))  # type: ignore[arg-type]
+                    item.cascade.run_coroutine(sub.handler(event))  # type: ignore[arg-type]
                 else:
                     returned = sub.handler(event)
                     if returned is not None:
@@ -211,7 +215,7 @@ class EventBus(HandlerRegistry):
     async def _deliver_async(self, item: _Item, plan: Plan) -> None:
         if self.concurrent and len(plan.priority_groups) < len(plan.entries):
             for group in plan.priority_groups:
-                await asyncio.gather(*(self._attempt_async(item, s, p) for s, p in group))
+                await _gather_or_cancel([self._attempt_async(item, s, p) for s, p in group])
             return
         event = item.event
         for sub, policy in plan.entries:
@@ -300,9 +304,10 @@ class EventBus(HandlerRegistry):
 class _Item:
     """One event of a cascade, with its result and the event that caused it."""
 
-    __slots__ = ("depth", "event", "parent", "result")
+    __slots__ = ("cascade", "depth", "event", "parent", "result")
 
-    def __init__(self, event: Event, depth: int, parent: _Item | None) -> None:
+    def __init__(self, cascade: _Cascade, event: Event, depth: int, parent: _Item | None) -> None:
+        self.cascade = cascade
         self.event = event
         self.result = PublishResult(event)
         self.depth = depth
@@ -312,18 +317,22 @@ class _Item:
 class _Cascade:
     """The events published while one top-level publish runs, dispatched in FIFO order."""
 
-    __slots__ = ("bus", "closed", "current", "queue", "root", "runner")
+    __slots__ = ("bus", "closed", "queue", "runner")
 
-    def __init__(self, bus: EventBus, event: Event) -> None:
+    def __init__(self, bus: EventBus) -> None:
         self.bus = bus
-        self.root = self.current = _Item(event, 0, None)
         self.queue: collections.deque[_Item] = collections.deque()
         self.closed = False
         self.runner: asyncio.Runner | None = None
 
-    def enqueue(self, event: Event) -> PublishResult | None:
-        """Queue ``event`` as a child of the current event; None if the cascade has ended."""
-        parent = self.current
+    def enqueue(self, event: Event, parent: _Item) -> PublishResult | None:
+        """Queue ``event`` as a child of ``parent``; None if the cascade has ended.
+
+        An ended cascade is one whose top-level call has returned: a task that
+        a handler left running publishes top-level events of its own.
+        """
+        if self.closed:
+            return None
         depth = parent.depth + 1
         if depth > self.bus.max_cascade_depth:
             raise CascadeDepthError(
@@ -331,59 +340,74 @@ class _Cascade:
                 f"max_cascade_depth={self.bus.max_cascade_depth}; chain: {_chain(parent)}. "
                 "A handler cycle? If the depth is intended, raise EventBus(max_cascade_depth=...)"
             )
+        cause = parent.event
+        update: dict[str, object] = {}
         if event.causation_id is None:
-            cause = parent.event
-            event = event.model_copy(
-                update={
-                    "causation_id": cause.event_id,
-                    "correlation_id": event.correlation_id
-                    or cause.correlation_id
-                    or cause.event_id,
-                }
-            )
-        item = _Item(event, depth, parent)
+            update["causation_id"] = cause.event_id
+        if event.correlation_id is None:
+            update["correlation_id"] = cause.correlation_id or cause.event_id
+        if update:
+            event = event.model_copy(update=update)
+        item = _Item(self, event, depth, parent)
         with self.bus._cascade_lock:
-            if self.closed:  # e.g. a task an async handler left running
+            if self.closed:
                 return None
             self.queue.append(item)
         return item.result
 
     def next(self) -> _Item | None:
-        """Make the oldest queued event current; None (and close) when none is left."""
+        """The oldest queued event; None, and the cascade closed, when none is left."""
         with self.bus._cascade_lock:
-            if not self.queue:
-                self.closed = True
-                return None
-            self.current = self.queue.popleft()
-            return self.current
+            if self.queue:
+                return self.queue.popleft()
+            self.closed = True
+            return None
 
     def run_coroutine(self, coroutine: c.Coroutine[t.Any, t.Any, object]) -> None:
         """Run an async handler from the sync path, on this publish's private loop."""
         if self.runner is None:
             self.runner = asyncio.Runner()
-        self.runner.run(coroutine)
+        # A fresh copy each time: the handler must see the event it is handling as current.
+        self.runner.run(coroutine, context=contextvars.copy_context())
 
     def close(self) -> None:
+        """End the cascade early (an exception escaped) or release its private loop."""
         with self.bus._cascade_lock:
             self.closed = True
             dropped = list(self.queue)
             self.queue.clear()
         if self.runner is not None:
             self.runner.close()
+            self.runner = None
         if dropped:  # only when a BaseException (cancellation, Ctrl-C) ended the publish
+            root = dropped[0]
+            while root.parent is not None:
+                root = root.parent
             logger.error(
                 "publish of %s (event_id=%s) was interrupted; %d queued event(s) were not "
                 "dispatched: %s",
-                self.root.event.event_type,
-                self.root.event.event_id,
+                root.event.event_type,
+                root.event.event_id,
                 len(dropped),
                 ", ".join(f"{i.event.event_type} (event_id={i.event.event_id})" for i in dropped),
             )
 
 
-_current_cascade: contextvars.ContextVar[_Cascade | None] = contextvars.ContextVar(
-    "eventbus_cascade", default=None
+#: The cascade item whose handlers are running in this context (None outside handlers).
+_current_item: contextvars.ContextVar[_Item | None] = contextvars.ContextVar(
+    "eventbus_current_item", default=None
 )
+
+
+async def _gather_or_cancel(coroutines: list[c.Coroutine[t.Any, t.Any, None]]) -> None:
+    """Run concurrently; if one raises past its own error handling, cancel the rest."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _chain(item: _Item) -> str:

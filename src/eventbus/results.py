@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import typing as t
 
 if t.TYPE_CHECKING:
@@ -12,7 +11,6 @@ if t.TYPE_CHECKING:
 __all__ = ["PublishResult"]
 
 
-@dataclasses.dataclass(slots=True, eq=False)
 class PublishResult:
     """The outcome of publishing one event.
 
@@ -25,8 +23,11 @@ class PublishResult:
     as the cascade proceeds, and complete when the top-level call returns.
     """
 
-    event: Event
-    dead_letters: list[DeadLetter] = dataclasses.field(default_factory=list)
+    __slots__ = ("dead_letters", "event")
+
+    def __init__(self, event: Event, dead_letters: list[DeadLetter] | None = None) -> None:
+        self.event = event
+        self.dead_letters: list[DeadLetter] = dead_letters if dead_letters is not None else []
 
     @property
     def ok(self) -> bool:
