@@ -15,7 +15,6 @@ import collections.abc as c
 import contextvars
 import inspect
 import logging
-import threading
 import time
 import typing as t
 
@@ -76,7 +75,6 @@ class EventBus(HandlerRegistry):
         self.concurrent = concurrent
         self._sleep = sleep
         self._async_sleep = async_sleep
-        self._cascade_lock = threading.Lock()
 
     @property
     def dead_letters(self) -> DeadLetterStore:
@@ -98,9 +96,9 @@ class EventBus(HandlerRegistry):
         current event's handlers, and returns at once.
         """
         plan = self._plans.get(type(event)) or self._plan(type(event))
-        current = _current_item.get()
-        if current is not None and current.cascade.bus is self:
-            queued = current.cascade.enqueue(event, current)
+        current = _current.get()
+        if current is not None and current._cascade.bus is self:  # type: ignore[union-attr]
+            queued = current._cascade.enqueue(event, current)  # type: ignore[union-attr]
             if queued is not None:
                 return queued
         if plan.has_async and _loop_is_running():
@@ -111,21 +109,22 @@ class EventBus(HandlerRegistry):
                 f"it; use `await bus.publish_async(event)` instead"
             )
         cascade = _Cascade(self)
-        root = _Item(cascade, event, 0, None)
-        item: _Item | None = root
-        token = _current_item.set(root)
+        root = PublishResult(event)
+        item: PublishResult | None = root
+        root._cascade = cascade
+        token = _current.set(root)
         try:
             while item is not None:
                 self._deliver(item, plan)
                 item = cascade.next()
                 if item is not None:
-                    _current_item.set(item)
+                    _current.set(item)
                     plan = self._plans.get(type(item.event)) or self._plan(type(item.event))
         finally:
-            _current_item.reset(token)
+            _current.reset(token)
             if not cascade.closed or cascade.runner is not None:
                 cascade.close()
-        return root.result
+        return root
 
     async def publish_async(self, event: Event, /) -> PublishResult:
         """Deliver ``event`` to its handlers from asyncio and return the result.
@@ -139,31 +138,32 @@ class EventBus(HandlerRegistry):
         current event's handlers, and returns at once.
         """
         plan = self._plans.get(type(event)) or self._plan(type(event))
-        current = _current_item.get()
-        if current is not None and current.cascade.bus is self:
-            queued = current.cascade.enqueue(event, current)
+        current = _current.get()
+        if current is not None and current._cascade.bus is self:  # type: ignore[union-attr]
+            queued = current._cascade.enqueue(event, current)  # type: ignore[union-attr]
             if queued is not None:
                 return queued
         cascade = _Cascade(self)
-        root = _Item(cascade, event, 0, None)
-        item: _Item | None = root
-        token = _current_item.set(root)
+        root = PublishResult(event)
+        item: PublishResult | None = root
+        root._cascade = cascade
+        token = _current.set(root)
         try:
             while item is not None:
                 await self._deliver_async(item, plan)
                 item = cascade.next()
                 if item is not None:
-                    _current_item.set(item)
+                    _current.set(item)
                     plan = self._plans.get(type(item.event)) or self._plan(type(item.event))
         finally:
-            _current_item.reset(token)
-            if not cascade.closed or cascade.runner is not None:
+            _current.reset(token)
+            if not cascade.closed:
                 cascade.close()
-        return root.result
+        return root
 
     # -- the sync path -------------------------------------------------------------
 
-    def _deliver(self, item: _Item, plan: Plan) -> None:
+    def _deliver(self, item: PublishResult, plan: Plan) -> None:
         event = item.event
         for sub, policy in plan.entries:
             if policy is None and not sub.is_async:
@@ -176,7 +176,7 @@ class EventBus(HandlerRegistry):
             else:
                 self._attempt(item, sub, policy)
 
-    def _attempt(self, item: _Item, sub: Subscription, policy: RetryPolicy | None) -> None:
+    def _attempt(self, item: PublishResult, sub: Subscription, policy: RetryPolicy | None) -> None:
         """Run one handler with its retries, on the sync path."""
         event = item.event
         if sub.is_async and _loop_is_running():
@@ -196,7 +196,8 @@ class EventBus(HandlerRegistry):
             attempt += 1
             try:
                 if sub.is_async:
-                    item.cascade.run_coroutine(sub.handler(event))  # type: ignore[arg-type]
+                    item._cascade.run_coroutine(  # type: ignore[union-attr]
+                        sub.handler(event))  # type: ignore[arg-type]
                 else:
                     returned = sub.handler(event)
                     if returned is not None:
@@ -212,7 +213,7 @@ class EventBus(HandlerRegistry):
 
     # -- the async path ------------------------------------------------------------
 
-    async def _deliver_async(self, item: _Item, plan: Plan) -> None:
+    async def _deliver_async(self, item: PublishResult, plan: Plan) -> None:
         if self.concurrent and len(plan.priority_groups) < len(plan.entries):
             for group in plan.priority_groups:
                 await _gather_or_cancel([self._attempt_async(item, s, p) for s, p in group])
@@ -235,7 +236,7 @@ class EventBus(HandlerRegistry):
                 await self._attempt_async(item, sub, policy)
 
     async def _attempt_async(
-        self, item: _Item, sub: Subscription, policy: RetryPolicy | None
+        self, item: PublishResult, sub: Subscription, policy: RetryPolicy | None
     ) -> None:
         """Run one handler with its retries, on the async path."""
         event = item.event
@@ -264,12 +265,14 @@ class EventBus(HandlerRegistry):
 
     # -- failures ------------------------------------------------------------------
 
-    def _dead_letter(self, item: _Item, sub: Subscription, attempts: int, error: Exception) -> None:
+    def _dead_letter(
+        self, item: PublishResult, sub: Subscription, attempts: int, error: Exception
+    ) -> None:
         letter = DeadLetter.from_exception(item.event, sub.name, attempts, error)
-        node: _Item | None = item
+        node: PublishResult | None = item
         while node is not None:  # each result covers its event and all it caused
-            node.result.dead_letters.append(letter)
-            node = node.parent
+            node.dead_letters.append(letter)
+            node = node._parent
         logger.error(
             "%s failed on %s (event_id=%s) after %d attempt(s); dead-lettered",
             sub.name,
@@ -301,31 +304,26 @@ class EventBus(HandlerRegistry):
 # -- cascades ---------------------------------------------------------------------
 
 
-class _Item:
-    """One event of a cascade, with its result and the event that caused it."""
-
-    __slots__ = ("cascade", "depth", "event", "parent", "result")
-
-    def __init__(self, cascade: _Cascade, event: Event, depth: int, parent: _Item | None) -> None:
-        self.cascade = cascade
-        self.event = event
-        self.result = PublishResult(event)
-        self.depth = depth
-        self.parent = parent
-
-
 class _Cascade:
-    """The events published while one top-level publish runs, dispatched in FIFO order."""
+    """The events published while one top-level publish runs, dispatched in FIFO order.
+
+    Handlers in other threads (``run_in_thread``, or a copied context) may
+    enqueue while the publishing thread drains, so ``enqueue`` and ``next``
+    use a double check instead of a lock: an enqueue appends, then looks at
+    ``closed``; ``next`` sets ``closed``, then looks at the queue. Whichever
+    comes second sees the other, and ``deque.remove``/``popleft`` settle who
+    owns a raced event.
+    """
 
     __slots__ = ("bus", "closed", "queue", "runner")
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
-        self.queue: collections.deque[_Item] = collections.deque()
+        self.queue: collections.deque[PublishResult] = collections.deque()
         self.closed = False
         self.runner: asyncio.Runner | None = None
 
-    def enqueue(self, event: Event, parent: _Item) -> PublishResult | None:
+    def enqueue(self, event: Event, parent: PublishResult) -> PublishResult | None:
         """Queue ``event`` as a child of ``parent``; None if the cascade has ended.
 
         An ended cascade is one whose top-level call has returned: a task that
@@ -333,7 +331,7 @@ class _Cascade:
         """
         if self.closed:
             return None
-        depth = parent.depth + 1
+        depth = parent._depth + 1
         if depth > self.bus.max_cascade_depth:
             raise CascadeDepthError(
                 f"{event.event_type} would be generation {depth} of one cascade, past "
@@ -348,20 +346,32 @@ class _Cascade:
             update["correlation_id"] = cause.correlation_id or cause.event_id
         if update:
             event = event.model_copy(update=update)
-        item = _Item(self, event, depth, parent)
-        with self.bus._cascade_lock:
-            if self.closed:
-                return None
-            self.queue.append(item)
-        return item.result
-
-    def next(self) -> _Item | None:
-        """The oldest queued event; None, and the cascade closed, when none is left."""
-        with self.bus._cascade_lock:
-            if self.queue:
-                return self.queue.popleft()
-            self.closed = True
+        child = PublishResult(event)
+        child._cascade = self
+        child._depth = depth
+        child._parent = parent
+        self.queue.append(child)
+        if self.closed:  # the top-level call finished meanwhile: take it back if still there
+            try:
+                self.queue.remove(child)
+            except ValueError:
+                return child  # the dispatcher got it first
             return None
+        return child
+
+    def next(self) -> PublishResult | None:
+        """The oldest queued event; None, and the cascade closed, when none is left."""
+        queue = self.queue
+        while True:
+            if queue:
+                try:
+                    return queue.popleft()
+                except IndexError:  # an enqueue took its event back
+                    pass
+            self.closed = True
+            if not queue:
+                return None
+            self.closed = False  # an enqueue raced the close: keep draining
 
     def run_coroutine(self, coroutine: c.Coroutine[t.Any, t.Any, object]) -> None:
         """Run an async handler from the sync path, on this publish's private loop."""
@@ -372,17 +382,20 @@ class _Cascade:
 
     def close(self) -> None:
         """End the cascade early (an exception escaped) or release its private loop."""
-        with self.bus._cascade_lock:
-            self.closed = True
-            dropped = list(self.queue)
-            self.queue.clear()
+        self.closed = True
+        dropped: list[PublishResult] = []
+        while self.queue:
+            try:
+                dropped.append(self.queue.popleft())
+            except IndexError:
+                break
         if self.runner is not None:
             self.runner.close()
             self.runner = None
         if dropped:  # only when a BaseException (cancellation, Ctrl-C) ended the publish
             root = dropped[0]
-            while root.parent is not None:
-                root = root.parent
+            while root._parent is not None:
+                root = root._parent
             logger.error(
                 "publish of %s (event_id=%s) was interrupted; %d queued event(s) were not "
                 "dispatched: %s",
@@ -393,9 +406,9 @@ class _Cascade:
             )
 
 
-#: The cascade item whose handlers are running in this context (None outside handlers).
-_current_item: contextvars.ContextVar[_Item | None] = contextvars.ContextVar(
-    "eventbus_current_item", default=None
+#: The event whose handlers are running in this context (None outside handlers).
+_current: contextvars.ContextVar[PublishResult | None] = contextvars.ContextVar(
+    "eventbus_current", default=None
 )
 
 
@@ -410,12 +423,12 @@ async def _gather_or_cancel(coroutines: list[c.Coroutine[t.Any, t.Any, None]]) -
         raise
 
 
-def _chain(item: _Item) -> str:
+def _chain(item: PublishResult) -> str:
     names: list[str] = []
-    node: _Item | None = item
+    node: PublishResult | None = item
     while node is not None:
         names.append(node.event.event_type)
-        node = node.parent
+        node = node._parent
     names.reverse()
     if len(names) > 8:
         names = [*names[:2], "...", *names[-5:]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 
 if t.TYPE_CHECKING:
+    from .bus import _Cascade
     from .dead_letters import DeadLetter
     from .events import Event
 
@@ -23,11 +24,16 @@ class PublishResult:
     as the cascade proceeds, and complete when the top-level call returns.
     """
 
-    __slots__ = ("dead_letters", "event")
+    # The underscored slots place the event in its cascade while it runs; one object per
+    # event instead of two keeps the publish path short.
+    __slots__ = ("_cascade", "_depth", "_parent", "dead_letters", "event")
 
     def __init__(self, event: Event, dead_letters: list[DeadLetter] | None = None) -> None:
         self.event = event
         self.dead_letters: list[DeadLetter] = dead_letters if dead_letters is not None else []
+        self._cascade: _Cascade | None = None
+        self._depth = 0
+        self._parent: PublishResult | None = None
 
     @property
     def ok(self) -> bool:
