@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import collections.abc as c
+import contextvars
 import gc
 import logging
+import sys
 import threading
 import tracemalloc
 import uuid
@@ -367,3 +369,49 @@ def test_memory_of_failures_is_only_the_dead_letters() -> None:
         logger.removeFilter(drop_all)
     assert len(bus.dead_letters) == 0
     assert growth < BOUND, f"memory grew by {growth} bytes"
+
+
+class RacedChild(Event):
+    n: int
+
+
+def test_publish_racing_the_end_of_its_cascade_is_delivered_exactly_once() -> None:
+    """A thread carrying a handler's context publishes while the top-level call finishes.
+
+    Whichever side wins, the event is dispatched once: inside the cascade if it
+    was still open, else as a top-level publish in that thread.
+    """
+    bus = EventBus()
+    delivered: list[int] = []
+    threads: list[threading.Thread] = []
+
+    start = threading.Barrier(2)
+
+    def publish_from_thread(event: RacedChild) -> None:
+        start.wait()
+        bus.publish(event)
+
+    @bus.subscribe
+    def on_tick(event: Tick) -> None:
+        context = contextvars.copy_context()
+        child = RacedChild(n=event.n)
+        thread = threading.Thread(target=context.run, args=(publish_from_thread, child))
+        threads.append(thread)
+        thread.start()
+        start.wait()  # both sides now race: this one to finish the cascade
+
+    @bus.subscribe
+    def on_child(event: RacedChild) -> None:
+        delivered.append(event.n)
+
+    rounds = 2000
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to hit the race
+    try:
+        for n in range(rounds):
+            bus.publish(Tick(n=n))
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sorted(delivered) == list(range(rounds))
