@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc as c
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -355,6 +356,9 @@ class _BrokenStore:
 
     def remove(self, letter: DeadLetter, /) -> None:
         raise KeyError(letter)
+
+    def get(self, letter_id: uuid.UUID, /) -> DeadLetter:
+        raise KeyError(letter_id)
 
     def __len__(self) -> int:
         return 0

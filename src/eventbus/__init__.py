@@ -5,27 +5,50 @@ registered with a decorator; a handler that fails never stops the others and
 ends as a dead letter, never as a log line alone.
 """
 
-from .bus import EventBus
-from .dead_letters import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore
-from .errors import CascadeDepthError, EventBusError, SyncPublishError
+from . import signals
+from .bus import EventBus, RedriveOutcome
+from .dead_letters import (
+    NO_HANDLER,
+    DeadLetter,
+    DeadLetterStore,
+    DeadLetterStoreFullError,
+    InMemoryDeadLetterStore,
+    UndefinedEvent,
+)
+from .errors import (
+    CascadeDepthError,
+    EventBusError,
+    HandlerTimeoutError,
+    RedriveError,
+    SyncPublishError,
+    UnhandledEventError,
+)
 from .events import Event, UnknownEventTypeError
 from .handlers import Handler, HandlerRegistry, Subscription
 from .results import PublishResult
 from .retry import RetryPolicy
 
 __all__ = [
+    "NO_HANDLER",
     "CascadeDepthError",
     "DeadLetter",
     "DeadLetterStore",
+    "DeadLetterStoreFullError",
     "Event",
     "EventBus",
     "EventBusError",
     "Handler",
     "HandlerRegistry",
+    "HandlerTimeoutError",
     "InMemoryDeadLetterStore",
     "PublishResult",
+    "RedriveError",
+    "RedriveOutcome",
     "RetryPolicy",
     "Subscription",
     "SyncPublishError",
+    "UndefinedEvent",
+    "UnhandledEventError",
     "UnknownEventTypeError",
+    "signals",
 ]

@@ -4,7 +4,8 @@ The story of one top-level publish: look up the event class's cached plan,
 open a cascade (a FIFO queue of the events handlers publish), run the
 handlers in plan order, then drain the queue the same way. A handler's
 failure, after the retries its policy allows, becomes a dead letter and never
-stops the other handlers.
+stops the other handlers. ``redrive`` runs the handler of a dead letter again
+through the same path.
 """
 
 from __future__ import annotations
@@ -13,22 +14,42 @@ import asyncio
 import collections
 import collections.abc as c
 import contextvars
+import dataclasses
 import inspect
 import logging
+import random
 import time
 import typing as t
+from datetime import UTC, datetime, timedelta
 
-from .dead_letters import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore
-from .errors import CascadeDepthError, SyncPublishError
+from . import signals
+from .dead_letters import (
+    NO_HANDLER,
+    DeadLetter,
+    DeadLetterStore,
+    InMemoryDeadLetterStore,
+    UndefinedEvent,
+)
+from .errors import (
+    CascadeDepthError,
+    HandlerTimeoutError,
+    RedriveError,
+    SyncPublishError,
+    UnhandledEventError,
+)
 from .events import Event
 from .handlers.registry import HandlerRegistry, Plan
 from .handlers.subscription import Subscription
 from .results import PublishResult
 from .retry import RetryPolicy
 
-__all__ = ["EventBus"]
+__all__ = ["EventBus", "RedriveOutcome"]
 
 logger = logging.getLogger("eventbus")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class EventBus(HandlerRegistry):
@@ -44,7 +65,12 @@ class EventBus(HandlerRegistry):
       handlers one publish may run before :class:`CascadeDepthError` stops it.
     - ``concurrent``: when True, ``publish_async`` runs the handlers of equal
       priority concurrently; by default it runs them one after another.
-    - ``sleep`` / ``async_sleep``: how retries wait (injectable for tests).
+    - ``report_unhandled``: when True, an event that no handler is
+      subscribed to becomes a dead letter (``handler == NO_HANDLER``);
+      by default it is not a failure (the ``event_unhandled`` signal is
+      sent either way).
+    - ``sleep`` / ``async_sleep`` / ``clock`` / ``random``: how retries wait,
+      what time it is, and where jitter comes from (injectable for tests).
     """
 
     def __init__(
@@ -54,8 +80,11 @@ class EventBus(HandlerRegistry):
         retry: RetryPolicy | None = None,
         max_cascade_depth: int = 32,
         concurrent: bool = False,
+        report_unhandled: bool = False,
         sleep: c.Callable[[float], object] = time.sleep,
         async_sleep: c.Callable[[float], c.Awaitable[object]] = asyncio.sleep,
+        clock: c.Callable[[], datetime] = _utc_now,
+        random: random.Random | None = None,
     ) -> None:
         super().__init__()
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -66,15 +95,18 @@ class EventBus(HandlerRegistry):
             raise ValueError(f"max_cascade_depth must be >= 1, got {max_cascade_depth}")
         if dead_letters is not None and not isinstance(dead_letters, DeadLetterStore):
             raise TypeError(
-                f"dead_letters must be a DeadLetterStore (add, remove, len, iter), "
+                "dead_letters must be a DeadLetterStore (add, remove, get, len, iter), "
                 f"got {dead_letters!r}"
             )
         self._dead_letters = dead_letters if dead_letters is not None else InMemoryDeadLetterStore()
         self._default_retry = retry
         self.max_cascade_depth = max_cascade_depth
         self.concurrent = concurrent
+        self.report_unhandled = report_unhandled
         self._sleep = sleep
         self._async_sleep = async_sleep
+        self._clock = clock
+        self._random = random if random is not None else _random_module.Random()
 
     @property
     def dead_letters(self) -> DeadLetterStore:
@@ -108,23 +140,9 @@ class EventBus(HandlerRegistry):
                 f"{type(event).__qualname__} from inside a running event loop without blocking "
                 f"it; use `await bus.publish_async(event)` instead"
             )
-        cascade = _Cascade(self)
-        root = PublishResult(event)
-        item: PublishResult | None = root
-        root._cascade = cascade
-        token = _current.set(root)
-        try:
-            while item is not None:
-                self._deliver(item, plan)
-                item = cascade.next()
-                if item is not None:
-                    _current.set(item)
-                    plan = self._plans.get(type(item.event)) or self._plan(type(item.event))
-        finally:
-            _current.reset(token)
-            if not cascade.closed or cascade.runner is not None:
-                cascade.close()
-        return root
+        if signals.event_published.receivers:
+            signals.send(signals.event_published, self, event=event)
+        return self._run(PublishResult(event), plan)
 
     async def publish_async(self, event: Event, /) -> PublishResult:
         """Deliver ``event`` to its handlers from asyncio and return the result.
@@ -143,10 +161,171 @@ class EventBus(HandlerRegistry):
             queued = current._cascade.enqueue(event, current)  # type: ignore[union-attr]
             if queued is not None:
                 return queued
+        if signals.event_published.receivers:
+            signals.send(signals.event_published, self, event=event)
+        return await self._run_async(PublishResult(event), plan)
+
+    # -- redriving dead letters -----------------------------------------------------
+
+    def redrive(
+        self, letter: DeadLetter, /, *, store: DeadLetterStore | None = None
+    ) -> PublishResult:
+        """Run the handler of ``letter`` on its event again, under the handler's retry policy.
+
+        On success the letter is removed from ``store`` (the bus's own by
+        default); if the handler fails again, the letter stays, with its
+        ``attempts`` and last failure updated. Events the handler publishes
+        cascade as in ``publish``. The letter of an event that had no handler
+        is redriven by publishing the event to the handlers it has now.
+
+        Raises :class:`RedriveError` (the letter stays) when no handler by
+        that name is subscribed for the event's class, when several are, or
+        when the event's class is not defined in this process.
+        """
+        store = store if store is not None else self._dead_letters
+        plan = self._redrive_plan(letter)
+        if plan.has_async and _loop_is_running():
+            raise SyncPublishError(
+                f"redrive() cannot run the async handler {letter.handler} inside a running "
+                "event loop; use `await bus.redrive_async(letter)` instead"
+            )
+        result = self._run(_RedriveResult(letter, store), plan)
+        self._settle(letter, store, result)
+        return result
+
+    async def redrive_async(
+        self, letter: DeadLetter, /, *, store: DeadLetterStore | None = None
+    ) -> PublishResult:
+        """``redrive`` from asyncio: the handler runs as ``publish_async`` would run it."""
+        store = store if store is not None else self._dead_letters
+        plan = self._redrive_plan(letter)
+        result = await self._run_async(_RedriveResult(letter, store), plan)
+        self._settle(letter, store, result)
+        return result
+
+    def redrive_all(
+        self,
+        *,
+        event_type: str | None = None,
+        handler: str | None = None,
+        older_than: timedelta | None = None,
+        store: DeadLetterStore | None = None,
+    ) -> list[RedriveOutcome]:
+        """Redrive every letter that matches all the filters given, oldest first.
+
+        ``older_than`` keeps letters whose last failure is at least that old.
+        A letter that cannot be redriven (see :meth:`redrive`) is reported in
+        its outcome, not raised, and the others go on.
+        """
+        outcomes: list[RedriveOutcome] = []
+        for letter in self._select(store, event_type, handler, older_than):
+            try:
+                outcomes.append(RedriveOutcome(letter, self.redrive(letter, store=store), None))
+            except RedriveError as error:
+                outcomes.append(RedriveOutcome(letter, None, error))
+        return outcomes
+
+    async def redrive_all_async(
+        self,
+        *,
+        event_type: str | None = None,
+        handler: str | None = None,
+        older_than: timedelta | None = None,
+        store: DeadLetterStore | None = None,
+    ) -> list[RedriveOutcome]:
+        """``redrive_all`` from asyncio."""
+        outcomes: list[RedriveOutcome] = []
+        for letter in self._select(store, event_type, handler, older_than):
+            try:
+                result = await self.redrive_async(letter, store=store)
+                outcomes.append(RedriveOutcome(letter, result, None))
+            except RedriveError as error:
+                outcomes.append(RedriveOutcome(letter, None, error))
+        return outcomes
+
+    def _select(
+        self,
+        store: DeadLetterStore | None,
+        event_type: str | None,
+        handler: str | None,
+        older_than: timedelta | None,
+    ) -> list[DeadLetter]:
+        cutoff = self._clock() - older_than if older_than is not None else None
+        return [
+            letter
+            for letter in (store if store is not None else self._dead_letters)
+            if (event_type is None or letter.event_type == event_type)
+            and (handler is None or letter.handler == handler)
+            and (cutoff is None or letter.failed_at <= cutoff)
+        ]
+
+    def _redrive_plan(self, letter: DeadLetter) -> Plan:
+        if isinstance(letter.event, UndefinedEvent):
+            raise RedriveError(
+                f"dead letter {letter.id}: its event type {letter.event_type!r} is not defined "
+                "in this process; import the module that defines it, then redrive"
+            )
+        event_class = type(letter.event)
+        if letter.unhandled:
+            return self._plan(event_class)
+        matches = [
+            s for s in self.subscriptions if s.name == letter.handler and s.receives(event_class)
+        ]
+        if not matches:
+            raise RedriveError(
+                f"dead letter {letter.id}: no handler named {letter.handler!r} is subscribed to "
+                f"{letter.event_type} on this bus (renamed, moved, or not imported?); "
+                "subscribe it, then redrive"
+            )
+        if len(matches) > 1:
+            raise RedriveError(
+                f"dead letter {letter.id}: {len(matches)} subscriptions are named "
+                f"{letter.handler!r} (methods of several instances?), so the one that failed "
+                "cannot be told apart; give them distinct names, e.g. distinct functions"
+            )
+        return self._plan_of(matches)
+
+    def _settle(self, letter: DeadLetter, store: DeadLetterStore, result: PublishResult) -> None:
+        """Remove a redriven letter that succeeded; the failed-again one was stored already."""
+        ok = all(other.id != letter.id for other in result.dead_letters)
+        if ok:
+            try:
+                store.remove(letter)
+            except KeyError:
+                logger.warning(
+                    "dead letter %s was redriven but was no longer in its store "
+                    "(redriven or purged elsewhere meanwhile?)",
+                    letter.id,
+                )
+        if signals.dead_letter_redriven.receivers:
+            signals.send(signals.dead_letter_redriven, self, dead_letter=letter, ok=ok)
+
+    # -- the cascade loop -------------------------------------------------------------
+
+    def _run(self, root: PublishResult, plan: Plan) -> PublishResult:
+        """Dispatch ``root`` and every event its handlers publish, on the sync path."""
         cascade = _Cascade(self)
-        root = PublishResult(event)
-        item: PublishResult | None = root
         root._cascade = cascade
+        item: PublishResult | None = root
+        token = _current.set(root)
+        try:
+            while item is not None:
+                self._deliver(item, plan)
+                item = cascade.next()
+                if item is not None:
+                    _current.set(item)
+                    plan = self._plans.get(type(item.event)) or self._plan(type(item.event))
+        finally:
+            _current.reset(token)
+            if not cascade.closed or cascade.runner is not None:
+                cascade.close()
+        return root
+
+    async def _run_async(self, root: PublishResult, plan: Plan) -> PublishResult:
+        """Dispatch ``root`` and every event its handlers publish, on the async path."""
+        cascade = _Cascade(self)
+        root._cascade = cascade
+        item: PublishResult | None = root
         token = _current.set(root)
         try:
             while item is not None:
@@ -164,15 +343,24 @@ class EventBus(HandlerRegistry):
     # -- the sync path -------------------------------------------------------------
 
     def _deliver(self, item: PublishResult, plan: Plan) -> None:
+        if not plan.entries:
+            self._unhandled(item)
+            return
         event = item.event
-        for sub, policy in plan.entries:
-            if policy is None and not sub.is_async:
+        notify = bool(signals.handler_succeeded.receivers)
+        for sub, policy, fast in plan.entries:
+            if fast and not sub.is_async:
                 try:
                     returned = sub.handler(event)
                     if returned is not None:
                         _refuse_awaitable(sub, returned)
                 except Exception as error:
-                    self._dead_letter(item, sub, 1, error)
+                    self._failed(item, sub, 1, error, None, None)
+                    continue
+                if notify:
+                    signals.send(
+                        signals.handler_succeeded, self, event=event, handler=sub.name, attempts=1
+                    )
             else:
                 self._attempt(item, sub, policy)
 
@@ -180,58 +368,71 @@ class EventBus(HandlerRegistry):
         """Run one handler with its retries, on the sync path."""
         event = item.event
         if sub.is_async and _loop_is_running():
-            self._dead_letter(
-                item,
-                sub,
-                0,
-                SyncPublishError(
-                    f"{sub.name} is async and the event was published with publish() inside a "
-                    "running event loop; publish with `await bus.publish_async(...)`"
-                ),
+            error = SyncPublishError(
+                f"{sub.name} is async and the event was published with publish() inside a "
+                "running event loop; publish with `await bus.publish_async(...)`"
             )
+            self._give_up(item, sub.name, 0, error, None)
             return
-        delays = policy.delays() if policy is not None else iter(())
+        delays = policy.delays(self._random) if policy is not None else None
+        first_failure: datetime | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
                 if sub.is_async:
-                    item._cascade.run_coroutine(  # type: ignore[union-attr]
-                        sub.handler(event))  # type: ignore[arg-type]
+                    item._cascade.run_coroutine(_call_async(sub, event))  # type: ignore[union-attr]
                 else:
                     returned = sub.handler(event)
                     if returned is not None:
                         _refuse_awaitable(sub, returned)
-                return
             except Exception as error:
-                delay = next(delays, None)
+                first_failure = first_failure or self._clock()
+                delay = self._next_delay(policy, delays, error)
                 if delay is None:
-                    self._dead_letter(item, sub, attempt, error)
+                    self._failed(item, sub, attempt, error, first_failure, policy)
                     return
-                _log_retry(sub, event, attempt, delay, error)
+                self._retrying(sub, event, attempt, error, delay)
                 self._sleep(delay)
+            else:
+                if signals.handler_succeeded.receivers:
+                    signals.send(
+                        signals.handler_succeeded,
+                        self,
+                        event=event,
+                        handler=sub.name,
+                        attempts=attempt,
+                    )
+                return
 
     # -- the async path ------------------------------------------------------------
 
     async def _deliver_async(self, item: PublishResult, plan: Plan) -> None:
+        if not plan.entries:
+            self._unhandled(item)
+            return
         if self.concurrent and len(plan.priority_groups) < len(plan.entries):
             for group in plan.priority_groups:
-                await _gather_or_cancel([self._attempt_async(item, s, p) for s, p in group])
+                await _gather_or_cancel([self._attempt_async(item, s, p) for s, p, _ in group])
             return
         event = item.event
-        for sub, policy in plan.entries:
-            if policy is None and sub.is_async:
+        notify = bool(signals.handler_succeeded.receivers)
+        for sub, policy, fast in plan.entries:
+            if fast:
                 try:
-                    await sub.handler(event)  # type: ignore[misc]
+                    if sub.is_async:
+                        await sub.handler(event)  # type: ignore[misc]
+                    else:
+                        returned = sub.handler(event)
+                        if returned is not None:
+                            _refuse_awaitable(sub, returned)
                 except Exception as error:
-                    self._dead_letter(item, sub, 1, error)
-            elif policy is None and not sub.run_in_thread:
-                try:
-                    returned = sub.handler(event)
-                    if returned is not None:
-                        _refuse_awaitable(sub, returned)
-                except Exception as error:
-                    self._dead_letter(item, sub, 1, error)
+                    self._failed(item, sub, 1, error, None, None)
+                    continue
+                if notify:
+                    signals.send(
+                        signals.handler_succeeded, self, event=event, handler=sub.name, attempts=1
+                    )
             else:
                 await self._attempt_async(item, sub, policy)
 
@@ -240,13 +441,14 @@ class EventBus(HandlerRegistry):
     ) -> None:
         """Run one handler with its retries, on the async path."""
         event = item.event
-        delays = policy.delays() if policy is not None else iter(())
+        delays = policy.delays(self._random) if policy is not None else None
+        first_failure: datetime | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
                 if sub.is_async:
-                    await sub.handler(event)  # type: ignore[misc]
+                    await _call_async(sub, event)
                 else:
                     if sub.run_in_thread:
                         returned = await asyncio.to_thread(sub.handler, event)
@@ -254,51 +456,191 @@ class EventBus(HandlerRegistry):
                         returned = sub.handler(event)
                     if returned is not None:
                         _refuse_awaitable(sub, returned)
-                return
             except Exception as error:
-                delay = next(delays, None)
+                first_failure = first_failure or self._clock()
+                delay = self._next_delay(policy, delays, error)
                 if delay is None:
-                    self._dead_letter(item, sub, attempt, error)
+                    self._failed(item, sub, attempt, error, first_failure, policy)
                     return
-                _log_retry(sub, event, attempt, delay, error)
+                self._retrying(sub, event, attempt, error, delay)
                 await self._async_sleep(delay)
+            else:
+                if signals.handler_succeeded.receivers:
+                    signals.send(
+                        signals.handler_succeeded,
+                        self,
+                        event=event,
+                        handler=sub.name,
+                        attempts=attempt,
+                    )
+                return
 
     # -- failures ------------------------------------------------------------------
 
-    def _dead_letter(
-        self, item: PublishResult, sub: Subscription, attempts: int, error: Exception
+    @staticmethod
+    def _next_delay(
+        policy: RetryPolicy | None, delays: c.Iterator[float] | None, error: Exception
+    ) -> float | None:
+        """The wait before the next attempt, or None to give up now."""
+        if policy is None or delays is None or not policy.retries(error):
+            return None
+        return next(delays, None)
+
+    def _retrying(
+        self, sub: Subscription, event: Event, attempt: int, error: Exception, delay: float
     ) -> None:
-        letter = DeadLetter.from_exception(item.event, sub.name, attempts, error)
+        logger.warning(
+            "%s failed on %s (event_id=%s), attempt %d: %s: %s; retrying in %.3gs",
+            sub.name,
+            event.event_type,
+            event.event_id,
+            attempt,
+            type(error).__name__,
+            error,
+            delay,
+        )
+        if signals.handler_failed.receivers:
+            signals.send(
+                signals.handler_failed,
+                self,
+                event=event,
+                handler=sub.name,
+                attempt=attempt,
+                error=error,
+                final=False,
+            )
+        if signals.handler_retrying.receivers:
+            signals.send(
+                signals.handler_retrying,
+                self,
+                event=event,
+                handler=sub.name,
+                attempt=attempt,
+                error=error,
+                delay=delay,
+            )
+
+    def _failed(
+        self,
+        item: PublishResult,
+        sub: Subscription,
+        attempts: int,
+        error: Exception,
+        first_failure: datetime | None,
+        policy: RetryPolicy | None,
+    ) -> None:
+        """The last attempt of ``sub`` on ``item`` failed: tell, then dead-letter."""
+        if signals.handler_failed.receivers:
+            signals.send(
+                signals.handler_failed,
+                self,
+                event=item.event,
+                handler=sub.name,
+                attempt=attempts,
+                error=error,
+                final=True,
+            )
+        why = ""
+        if policy is not None and not policy.retries(error):
+            why = " (not retried: its error type is excluded by the retry policy)"
+        self._give_up(item, sub.name, attempts, error, first_failure, why=why)
+
+    def _unhandled(self, item: PublishResult) -> None:
+        if signals.event_unhandled.receivers:
+            signals.send(signals.event_unhandled, self, event=item.event)
+        if self.report_unhandled or isinstance(item, _RedriveResult):
+            error = UnhandledEventError(
+                f"no handler is subscribed to {item.event.event_type}; subscribe one, then "
+                "redrive this letter"
+            )
+            self._give_up(item, NO_HANDLER, 0, error, None, level=logging.WARNING)
+
+    def _give_up(
+        self,
+        item: PublishResult,
+        handler: str,
+        attempts: int,
+        error: Exception,
+        first_failure: datetime | None,
+        *,
+        why: str = "",
+        level: int = logging.ERROR,
+    ) -> None:
+        """Make, record, store and announce the dead letter of (item's event, handler)."""
+        now = self._clock()
+        store = self._dead_letters
+        if isinstance(item, _RedriveResult) and item.letter.handler == handler:
+            letter = item.letter.failed_again(attempts, error, failed_at=now)
+            store = item.store
+        else:
+            letter = DeadLetter.from_exception(
+                item.event, handler, attempts, error, failed_at=now, first_failed_at=first_failure
+            )
         node: PublishResult | None = item
         while node is not None:  # each result covers its event and all it caused
             node.dead_letters.append(letter)
             node = node._parent
-        logger.error(
-            "%s failed on %s (event_id=%s) after %d attempt(s); dead-lettered",
-            sub.name,
+        logger.log(
+            level,
+            "%s failed on %s (event_id=%s) after %d attempt(s)%s; dead-lettered as %s",
+            handler,
             item.event.event_type,
             item.event.event_id,
             attempts,
-            exc_info=error,
+            why,
+            letter.id,
+            exc_info=error if level >= logging.ERROR else None,
         )
         try:
-            self._dead_letters.add(letter)
+            store.add(letter)
         except Exception:
             logger.critical(
                 "could not store the dead letter of %s on %s (event_id=%s); it is only in "
                 "this publish's result and this log: %r",
-                sub.name,
+                handler,
                 item.event.event_type,
                 item.event.event_id,
                 letter,
                 exc_info=True,
             )
+        if signals.event_dead_lettered.receivers:
+            signals.send(signals.event_dead_lettered, self, dead_letter=letter)
 
     def __repr__(self) -> str:
         return (
             f"<EventBus subscriptions={len(self._subscriptions)} "
             f"dead_letters={len(self._dead_letters)}>"
         )
+
+
+_random_module = random
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RedriveOutcome:
+    """What ``redrive_all`` did with one letter: a ``result``, or the ``error`` that stopped it."""
+
+    letter: DeadLetter
+    result: PublishResult | None
+    error: RedriveError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the handler succeeded and the letter was removed."""
+        return self.result is not None and all(
+            other.id != self.letter.id for other in self.result.dead_letters
+        )
+
+
+class _RedriveResult(PublishResult):
+    """The root of a redrive: knows the letter it redrives, and the store it came from."""
+
+    __slots__ = ("letter", "store")
+
+    def __init__(self, letter: DeadLetter, store: DeadLetterStore) -> None:
+        super().__init__(letter.event)
+        self.letter = letter
+        self.store = store
 
 
 # -- cascades ---------------------------------------------------------------------
@@ -346,6 +688,8 @@ class _Cascade:
             update["correlation_id"] = cause.correlation_id or cause.event_id
         if update:
             event = event.model_copy(update=update)
+        if signals.event_published.receivers:
+            signals.send(signals.event_published, self.bus, event=event)
         child = PublishResult(event)
         child._cascade = self
         child._depth = depth
@@ -454,16 +798,22 @@ def _refuse_awaitable(sub: Subscription, returned: object) -> None:
         )
 
 
-def _log_retry(
-    sub: Subscription, event: Event, attempt: int, delay: float, error: Exception
-) -> None:
-    logger.warning(
-        "%s failed on %s (event_id=%s), attempt %d: %s: %s; retrying in %.3gs",
-        sub.name,
-        event.event_type,
-        event.event_id,
-        attempt,
-        type(error).__name__,
-        error,
-        delay,
-    )
+def _call_async(sub: Subscription, event: Event) -> c.Coroutine[t.Any, t.Any, object]:
+    """The coroutine of one attempt of an async handler, bounded by its timeout if it has one."""
+    if sub.timeout is None:
+        return sub.handler(event)  # type: ignore[return-value]
+    return _with_timeout(sub, event)
+
+
+async def _with_timeout(sub: Subscription, event: Event) -> None:
+    assert sub.timeout is not None
+    try:
+        async with asyncio.timeout(sub.timeout) as scope:
+            await sub.handler(event)  # type: ignore[misc]
+    except TimeoutError:
+        if scope.expired():
+            raise HandlerTimeoutError(
+                f"{sub.name} did not finish within its timeout of {sub.timeout:g}s; "
+                "the attempt was cancelled"
+            ) from None
+        raise

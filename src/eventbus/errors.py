@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CascadeDepthError", "EventBusError", "SyncPublishError"]
+__all__ = [
+    "CascadeDepthError",
+    "EventBusError",
+    "HandlerTimeoutError",
+    "RedriveError",
+    "SyncPublishError",
+    "UnhandledEventError",
+]
 
 
 class EventBusError(Exception):
@@ -23,4 +30,27 @@ class SyncPublishError(EventBusError, RuntimeError):
 
     Blocking the loop to wait for the handler would deadlock it; use
     ``await bus.publish_async(event)`` there instead.
+    """
+
+
+class HandlerTimeoutError(EventBusError, TimeoutError):
+    """An async handler's attempt took longer than its subscription's ``timeout``.
+
+    It counts as a failed attempt, retried like any other error under the
+    handler's ``RetryPolicy``.
+    """
+
+
+class UnhandledEventError(EventBusError):
+    """No handler is subscribed to a published event.
+
+    Not raised: it is the ``error_type`` of the dead letter kept for such an
+    event when the bus is made with ``report_unhandled=True``.
+    """
+
+
+class RedriveError(EventBusError, LookupError):
+    """A dead letter cannot be redriven: its handler or its event class is not defined here.
+
+    The letter stays in its store.
     """

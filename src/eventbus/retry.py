@@ -1,10 +1,11 @@
-"""RetryPolicy: how many times a handler is attempted, and how long to wait between."""
+"""RetryPolicy: how often a handler is attempted, which errors are worth it, how long to wait."""
 
 from __future__ import annotations
 
 import collections.abc as c
 import dataclasses
 import math
+import random
 
 __all__ = ["RetryPolicy"]
 
@@ -14,18 +15,31 @@ class RetryPolicy:
     """How often a failing handler is attempted before its event is dead-lettered.
 
     ``max_attempts`` counts every attempt, the first included, so the default
-    ``RetryPolicy()`` runs a handler once and never retries. Between attempts
-    the bus waits ``initial_delay`` seconds, then ``backoff`` times longer
-    after each further failure, never longer than ``max_delay``::
+    ``RetryPolicy()`` runs a handler once and never retries.
 
-        >>> list(RetryPolicy(max_attempts=4, initial_delay=0.5).delays())
-        [0.5, 1.0, 2.0]
+    Waits: ``initial_delay`` seconds before the second attempt, then
+    ``backoff`` times longer before each further one, never more than
+    ``max_delay``. ``jitter`` (0 to 1) spreads each wait at random over
+    ``[delay * (1 - jitter), delay * (1 + jitter)]``, still capped by
+    ``max_delay``, so that many handlers failing at once do not all retry at
+    once.
+
+    Errors: an error is retried when it is an instance of ``retry_on``
+    (default: every ``Exception``) and not of ``give_up_on`` (default:
+    none); any other error dead-letters the event at once. Put errors that
+    a retry cannot fix (a validation error, a 4xx answer) in ``give_up_on``.
+
+    >>> list(RetryPolicy(max_attempts=4, initial_delay=0.5).delays())
+    [0.5, 1.0, 2.0]
     """
 
     max_attempts: int = 1
     initial_delay: float = 0.0
     backoff: float = 2.0
     max_delay: float = 60.0
+    jitter: float = 0.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    give_up_on: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
@@ -35,7 +49,7 @@ class RetryPolicy:
                 f"max_attempts counts every attempt, the first included, so it must be >= 1; "
                 f"got {self.max_attempts}"
             )
-        for name in ("initial_delay", "backoff", "max_delay"):
+        for name in ("initial_delay", "backoff", "max_delay", "jitter"):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -48,13 +62,35 @@ class RetryPolicy:
             raise ValueError(
                 f"backoff multiplies each delay, so it must be >= 1; got {self.backoff}"
             )
+        if self.jitter > 1:
+            raise ValueError(f"jitter is a fraction of each delay, from 0 to 1; got {self.jitter}")
+        for name in ("retry_on", "give_up_on"):
+            value = getattr(self, name)
+            if isinstance(value, type):  # a lone class is a common slip; accept it
+                value = (value,)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, tuple) or not all(
+                isinstance(k, type) and issubclass(k, BaseException) for k in value
+            ):
+                raise TypeError(
+                    f"{name} must be a tuple of exception classes, e.g. (ConnectionError,); "
+                    f"got {value!r}"
+                )
 
-    def delays(self) -> c.Iterator[float]:
-        """The waits before attempts 2..max_attempts, in seconds (pure; for docs and tests)."""
+    def delays(self, rng: random.Random | None = None) -> c.Iterator[float]:
+        """The waits before attempts 2..max_attempts, in seconds.
+
+        Without ``rng`` the nominal schedule (no jitter), for docs and tests;
+        with one, the jittered waits the bus would use.
+        """
         delay = float(self.initial_delay)
         for _ in range(self.max_attempts - 1):
-            yield min(delay, self.max_delay)
-            delay *= self.backoff
+            wait = delay
+            if self.jitter and rng is not None:
+                wait *= 1 + self.jitter * (2 * rng.random() - 1)
+            yield min(wait, self.max_delay)
+            delay = min(delay * self.backoff, self.max_delay)
 
-
-ONE_ATTEMPT = RetryPolicy()
+    def retries(self, error: BaseException) -> bool:
+        """Whether ``error`` is worth another attempt under this policy."""
+        return isinstance(error, self.retry_on) and not isinstance(error, self.give_up_on)

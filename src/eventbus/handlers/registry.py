@@ -28,15 +28,19 @@ P = t.ParamSpec("P")
 R = t.TypeVar("R")
 
 
+Entry: t.TypeAlias = tuple[Subscription, RetryPolicy | None, bool]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Plan:
     """Who handles one event class, in delivery order; built once per class."""
 
     subscriptions: tuple[Subscription, ...]
-    #: Each subscription with its retry policy, the bus default filled in (None: one attempt).
-    entries: tuple[tuple[Subscription, RetryPolicy | None], ...]
+    #: Each subscription with its retry policy (the bus default filled in; None: one
+    #: attempt) and whether it can be called inline: one attempt, no timeout, no thread.
+    entries: tuple[Entry, ...]
     #: The same entries grouped by priority, highest first (for concurrent dispatch).
-    priority_groups: tuple[tuple[tuple[Subscription, RetryPolicy | None], ...], ...]
+    priority_groups: tuple[tuple[Entry, ...], ...]
     has_async: bool
 
 
@@ -61,6 +65,7 @@ class HandlerRegistry:
         priority: int = ...,
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
+        timeout: float | None = ...,
     ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     @t.overload
@@ -72,6 +77,7 @@ class HandlerRegistry:
         priority: int = ...,
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
+        timeout: float | None = ...,
     ) -> c.Callable[t.Concatenate[E, P], R]: ...
 
     @t.overload
@@ -82,6 +88,7 @@ class HandlerRegistry:
         priority: int = ...,
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
+        timeout: float | None = ...,
     ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     def subscribe(
@@ -92,6 +99,7 @@ class HandlerRegistry:
         priority: int = 0,
         retry: RetryPolicy | None = None,
         run_in_thread: bool = False,
+        timeout: float | None = None,
     ) -> t.Any:
         """Register a handler; usable bare, with an event class, or with options.
 
@@ -116,13 +124,21 @@ class HandlerRegistry:
         - ``retry``: a :class:`RetryPolicy`; by default the bus's.
         - ``run_in_thread``: for a blocking sync handler; ``publish_async``
           runs it in a worker thread so the event loop keeps going.
+        - ``timeout``: seconds an async handler's attempt may take; a timed
+          out attempt is a failed attempt (:class:`HandlerTimeoutError`).
+          Refused for sync handlers, which Python cannot interrupt.
 
         Returns the handler unchanged. Raises ``TypeError`` at once for a
         handler that cannot be called with one event, an annotation that is
         not an Event subclass, or a bad option; ``ValueError`` if the handler
         is already subscribed to that class.
         """
-        options = {"priority": priority, "retry": retry, "run_in_thread": run_in_thread}
+        options = {
+            "priority": priority,
+            "retry": retry,
+            "run_in_thread": run_in_thread,
+            "timeout": timeout,
+        }
         if isinstance(target, type):
             if not issubclass(target, Event):
                 raise TypeError(
@@ -223,6 +239,7 @@ class HandlerRegistry:
         priority: int,
         retry: RetryPolicy | None,
         run_in_thread: bool,
+        timeout: float | None,
     ) -> None:
         with self._lock:
             sub = Subscription.create(
@@ -231,6 +248,7 @@ class HandlerRegistry:
                 priority=priority,
                 retry=retry,
                 run_in_thread=run_in_thread,
+                timeout=timeout,
                 sequence=next(self._sequence),
                 caller_locals=namespace,
             )
@@ -272,19 +290,25 @@ class HandlerRegistry:
                 (s for s in self._subscriptions if s.receives(event_class)),
                 key=lambda s: (-s.priority, s.sequence),
             )
-            default = self._default_retry
-            entries = tuple((s, _effective(s.retry or default)) for s in subs)
-            plan = Plan(
-                subscriptions=tuple(subs),
-                entries=entries,
-                priority_groups=tuple(
-                    tuple(group)
-                    for _, group in itertools.groupby(entries, key=lambda e: e[0].priority)
-                ),
-                has_async=any(s.is_async for s in subs),
-            )
+            plan = self._plan_of(subs)
             self._plans[event_class] = plan
             return plan
+
+    def _plan_of(self, subs: c.Sequence[Subscription]) -> Plan:
+        """The plan for ``subs``, already in delivery order."""
+        entries: list[Entry] = []
+        for sub in subs:
+            policy = _effective(sub.retry or self._default_retry)
+            fast = policy is None and sub.timeout is None and not sub.run_in_thread
+            entries.append((sub, policy, fast))
+        return Plan(
+            subscriptions=tuple(subs),
+            entries=tuple(entries),
+            priority_groups=tuple(
+                tuple(group) for _, group in itertools.groupby(entries, key=lambda e: e[0].priority)
+            ),
+            has_async=any(s.is_async for s in subs),
+        )
 
 
 def _effective(policy: RetryPolicy | None) -> RetryPolicy | None:

@@ -12,6 +12,7 @@ import collections.abc as c
 import dataclasses
 import functools
 import inspect
+import math
 import sys
 import types
 import typing as t
@@ -45,6 +46,7 @@ class Subscription:
     run_in_thread: bool
     is_async: bool
     sequence: int
+    timeout: float | None = None
 
     @classmethod
     def create(
@@ -56,6 +58,7 @@ class Subscription:
         retry: RetryPolicy | None,
         run_in_thread: bool,
         sequence: int,
+        timeout: float | None = None,
         caller_locals: c.Mapping[str, object] | None = None,
     ) -> Subscription:
         """Check ``handler`` and its options; raise ``TypeError`` naming the fix."""
@@ -78,6 +81,24 @@ class Subscription:
                 f"cannot subscribe {name} with run_in_thread=True: it is async and already "
                 "runs without blocking the event loop; drop run_in_thread"
             )
+        if timeout is not None:
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, int | float)
+                or not math.isfinite(timeout)
+                or timeout < 0
+            ):
+                raise TypeError(
+                    f"cannot subscribe {name}: timeout must be a number of seconds >= 0, "
+                    f"got {timeout!r}"
+                )
+            if not is_async:
+                raise TypeError(
+                    f"cannot subscribe {name} with timeout={timeout}: it is a sync function, "
+                    "and Python cannot interrupt a running sync function, so the timeout could "
+                    "not be honoured; make the handler `async def`, or drop timeout and bound "
+                    "the blocking call itself (e.g. a socket timeout)"
+                )
         if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
             raise TypeError(
                 f"cannot subscribe {name}: it is a generator function, so calling it would "
@@ -113,6 +134,7 @@ class Subscription:
             run_in_thread=run_in_thread,
             is_async=is_async,
             sequence=sequence,
+            timeout=float(timeout) if timeout is not None else None,
         )
 
     def receives(self, event_class: type[Event]) -> bool:

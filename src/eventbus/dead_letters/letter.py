@@ -1,0 +1,113 @@
+"""DeadLetter: a failed (event, handler) pair, with everything needed to redrive it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import traceback as tb
+import uuid
+from datetime import datetime
+
+from ..events import Event
+
+__all__ = ["NO_HANDLER", "DeadLetter", "UndefinedEvent"]
+
+#: The ``handler`` of the letter of an event that had no handler at all
+#: (kept only when the bus is made with ``report_unhandled=True``).
+NO_HANDLER = "(no handler)"
+
+#: Bounds on what a letter keeps of an error: enough to understand it, never megabytes.
+MAX_MESSAGE = 2_000
+MAX_TRACEBACK = 16_000
+
+_HOST = socket.gethostname()
+
+
+class UndefinedEvent(Event):
+    """Stands in for a stored event whose ``event_type`` this process does not define.
+
+    A store returns it instead of losing the letter; the original JSON is in
+    ``payload``. Such a letter can be listed, shown and purged; to redrive it,
+    import the module that defines the event class.
+    """
+
+    event_type = "eventbus.UndefinedEvent"
+
+    stored_type: str
+    payload: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One (event, handler) pair whose last attempt failed.
+
+    It keeps everything needed to understand the failure and to run the
+    handler again with ``bus.redrive(letter)``: the event itself, the
+    handler's qualified name, how many attempts were made in all, and the
+    last error's type, message and formatted traceback (both bounded in
+    size), when the first and the last attempts failed, and on which host
+    and process.
+    """
+
+    event: Event
+    handler: str
+    attempts: int
+    error_type: str
+    error_message: str
+    traceback: str
+    failed_at: datetime
+    first_failed_at: datetime
+    event_type: str
+    host: str = _HOST
+    pid: int = dataclasses.field(default_factory=os.getpid)
+    id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
+
+    @property
+    def unhandled(self) -> bool:
+        """True for the letter of an event that no handler was subscribed to."""
+        return self.handler == NO_HANDLER
+
+    @classmethod
+    def from_exception(
+        cls,
+        event: Event,
+        handler: str,
+        attempts: int,
+        error: BaseException,
+        *,
+        failed_at: datetime,
+        first_failed_at: datetime | None = None,
+    ) -> DeadLetter:
+        """Build a letter for ``error``, raised by ``handler`` on its last attempt."""
+        kind = type(error)
+        return cls(
+            event=event,
+            handler=handler,
+            attempts=attempts,
+            error_type=f"{kind.__module__}.{kind.__qualname__}",
+            error_message=_bounded(str(error), MAX_MESSAGE),
+            traceback=_bounded("".join(tb.format_exception(error)), MAX_TRACEBACK),
+            failed_at=failed_at,
+            first_failed_at=first_failed_at or failed_at,
+            event_type=event.event_type,
+        )
+
+    def failed_again(
+        self, attempts: int, error: BaseException, *, failed_at: datetime
+    ) -> DeadLetter:
+        """This letter after a redrive that failed: attempts added, last failure updated."""
+        again = DeadLetter.from_exception(
+            self.event, self.handler, self.attempts + attempts, error, failed_at=failed_at
+        )
+        return dataclasses.replace(again, first_failed_at=self.first_failed_at, id=self.id)
+
+
+def _bounded(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, keeping its head and its tail (where errors are)."""
+    if len(text) <= limit:
+        return text
+    marker = f"\n... [{len(text) - limit} characters cut] ...\n"
+    keep = limit - len(marker)
+    head = keep // 3
+    return text[:head] + marker + text[len(text) - (keep - head) :]
