@@ -25,17 +25,20 @@ _HOST = socket.gethostname()
 
 
 class UndefinedEvent(Event):
-    """Stands in for a stored event whose ``event_type`` this process does not define.
+    """Stands in for a stored event that this process cannot rebuild.
 
-    A store returns it instead of losing the letter; the original JSON is in
-    ``payload``. Such a letter can be listed, shown and purged; to redrive it,
-    import the module that defines the event class.
+    Its ``event_type`` is not defined here (the module was not imported, or
+    the class was renamed), or its stored JSON no longer validates against
+    the class. A store returns it instead of losing the letter: the original
+    JSON is in ``payload``, the cause in ``reason``. Such a letter can be
+    listed, shown and purged; to redrive it, define (import) the event class.
     """
 
     event_type = "eventbus.UndefinedEvent"
 
     stored_type: str
     payload: str
+    reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
