@@ -30,6 +30,7 @@ from .dead_letters import (
     InMemoryDeadLetterStore,
     UndefinedEvent,
 )
+from .dead_letters.letter import describe
 from .errors import (
     CascadeDepthError,
     HandlerTimeoutError,
@@ -496,7 +497,7 @@ class EventBus(HandlerRegistry):
             event.event_id,
             attempt,
             type(error).__name__,
-            error,
+            describe(error),
             delay,
         )
         if signals.handler_failed.receivers:
@@ -580,17 +581,30 @@ class EventBus(HandlerRegistry):
         while node is not None:  # each result covers its event and all it caused
             node.dead_letters.append(letter)
             node = node._parent
-        logger.log(
-            level,
-            "%s failed on %s (event_id=%s) after %d attempt(s)%s; dead-lettered as %s",
-            handler,
-            item.event.event_type,
-            item.event.event_id,
-            attempts,
-            why,
-            letter.id,
-            exc_info=error if level >= logging.ERROR else None,
-        )
+        if handler == NO_HANDLER:
+            logger.log(
+                level,
+                "no handler is subscribed to %s (event_id=%s); kept as dead letter %s",
+                item.event.event_type,
+                item.event.event_id,
+                letter.id,
+            )
+        else:
+            redriven = " on redrive" if letter.attempts != attempts else ""
+            logger.log(
+                level,
+                "%s failed on %s (event_id=%s)%s after %d attempt(s)%s; dead letter %s "
+                "(%d attempts in all)",
+                handler,
+                item.event.event_type,
+                item.event.event_id,
+                redriven,
+                attempts,
+                why,
+                letter.id,
+                letter.attempts,
+                exc_info=error,
+            )
         try:
             store.add(letter)
         except Exception:
@@ -688,8 +702,6 @@ class _Cascade:
             update["correlation_id"] = cause.correlation_id or cause.event_id
         if update:
             event = event.model_copy(update=update)
-        if signals.event_published.receivers:
-            signals.send(signals.event_published, self.bus, event=event)
         child = PublishResult(event)
         child._cascade = self
         child._depth = depth
@@ -699,8 +711,11 @@ class _Cascade:
             try:
                 self.queue.remove(child)
             except ValueError:
-                return child  # the dispatcher got it first
-            return None
+                pass  # the dispatcher got it first
+            else:
+                return None
+        if signals.event_published.receivers:
+            signals.send(signals.event_published, self.bus, event=event)
         return child
 
     def next(self) -> PublishResult | None:

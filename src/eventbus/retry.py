@@ -51,12 +51,7 @@ class RetryPolicy:
             )
         for name in ("initial_delay", "backoff", "max_delay", "jitter"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if not finite_non_negative(value):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.backoff < 1:
             raise ValueError(
@@ -83,7 +78,7 @@ class RetryPolicy:
         Without ``rng`` the nominal schedule (no jitter), for docs and tests;
         with one, the jittered waits the bus would use.
         """
-        delay = float(self.initial_delay)
+        delay = min(float(self.initial_delay), self.max_delay)
         for _ in range(self.max_attempts - 1):
             wait = delay
             if self.jitter and rng is not None:
@@ -94,3 +89,12 @@ class RetryPolicy:
     def retries(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt under this policy."""
         return isinstance(error, self.retry_on) and not isinstance(error, self.give_up_on)
+
+
+def finite_non_negative(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an int too large for a float
+        return False

@@ -89,7 +89,7 @@ class DeadLetter:
             handler=handler,
             attempts=attempts,
             error_type=f"{kind.__module__}.{kind.__qualname__}",
-            error_message=_bounded(str(error), MAX_MESSAGE),
+            error_message=_bounded(describe(error), MAX_MESSAGE),
             traceback=_bounded("".join(tb.format_exception(error)), MAX_TRACEBACK),
             failed_at=failed_at,
             first_failed_at=first_failed_at or failed_at,
@@ -104,6 +104,14 @@ class DeadLetter:
             self.event, self.handler, self.attempts + attempts, error, failed_at=failed_at
         )
         return dataclasses.replace(again, first_failed_at=self.first_failed_at, id=self.id)
+
+
+def describe(error: BaseException) -> str:
+    """``str(error)``, even for an exception whose ``__str__`` raises."""
+    try:
+        return str(error)
+    except Exception:
+        return f"<str() of {type(error).__qualname__} failed>"
 
 
 def _bounded(text: str, limit: int) -> str:

@@ -12,13 +12,12 @@ import collections.abc as c
 import dataclasses
 import functools
 import inspect
-import math
 import sys
 import types
 import typing as t
 
 from ..events import Event
-from ..retry import RetryPolicy
+from ..retry import RetryPolicy, finite_non_negative
 
 __all__ = ["Handler", "Subscription"]
 
@@ -82,12 +81,7 @@ class Subscription:
                 "runs without blocking the event loop; drop run_in_thread"
             )
         if timeout is not None:
-            if (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, int | float)
-                or not math.isfinite(timeout)
-                or timeout < 0
-            ):
+            if not finite_non_negative(timeout):
                 raise TypeError(
                     f"cannot subscribe {name}: timeout must be a number of seconds >= 0, "
                     f"got {timeout!r}"
