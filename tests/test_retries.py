@@ -901,8 +901,8 @@ class UnprintableError(Exception):
 def test_error_with_a_broken_str_is_still_dead_lettered(mode: str) -> None:
     """A handler's failure never stops the other handlers, even when its error cannot print.
 
-    Fails today: ``DeadLetter.from_exception`` calls ``str(error)`` unguarded, so the
-    RuntimeError from ``__str__`` escapes ``publish`` and the next handler never runs.
+    An unguarded ``str(error)`` once let the RuntimeError from ``__str__`` escape
+    ``publish``, so the next handler never ran.
     """
     bus = EventBus()
     ran: list[str] = []

@@ -13,6 +13,7 @@ from .dead_letters import (
     DeadLetterStore,
     DeadLetterStoreFullError,
     InMemoryDeadLetterStore,
+    SQLiteDeadLetterStore,
     UndefinedEvent,
 )
 from .errors import (
@@ -45,6 +46,7 @@ __all__ = [
     "RedriveError",
     "RedriveOutcome",
     "RetryPolicy",
+    "SQLiteDeadLetterStore",
     "Subscription",
     "SyncPublishError",
     "UndefinedEvent",

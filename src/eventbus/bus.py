@@ -621,10 +621,11 @@ class EventBus(HandlerRegistry):
             signals.send(signals.event_dead_lettered, self, dead_letter=letter)
 
     def __repr__(self) -> str:
-        return (
-            f"<EventBus subscriptions={len(self._subscriptions)} "
-            f"dead_letters={len(self._dead_letters)}>"
-        )
+        try:
+            letters: object = len(self._dead_letters)
+        except Exception:  # a closed or unreachable store must not break a repr
+            letters = "?"
+        return f"<EventBus subscriptions={len(self._subscriptions)} dead_letters={letters}>"
 
 
 _random_module = random

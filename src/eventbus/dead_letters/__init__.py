@@ -7,6 +7,7 @@ implements, and one module per store beside them.
 from .letter import NO_HANDLER, DeadLetter, UndefinedEvent
 from .memory import InMemoryDeadLetterStore
 from .protocol import DeadLetterStore, DeadLetterStoreFullError
+from .sqlite import SQLiteDeadLetterStore
 
 __all__ = [
     "NO_HANDLER",
@@ -14,5 +15,6 @@ __all__ = [
     "DeadLetterStore",
     "DeadLetterStoreFullError",
     "InMemoryDeadLetterStore",
+    "SQLiteDeadLetterStore",
     "UndefinedEvent",
 ]

@@ -1,0 +1,7 @@
+"""`python -m eventbus`: the command line (see eventbus.cli)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
