@@ -359,9 +359,7 @@ class EventBus(HandlerRegistry):
                     self._failed(item, sub, 1, error, None, None)
                     continue
                 if notify:
-                    signals.send(
-                        signals.handler_succeeded, self, event=event, handler=sub.name, attempts=1
-                    )
+                    self._succeeded(event, sub, 1)
             else:
                 self._attempt(item, sub, policy)
 
@@ -397,13 +395,7 @@ class EventBus(HandlerRegistry):
                 self._sleep(delay)
             else:
                 if signals.handler_succeeded.receivers:
-                    signals.send(
-                        signals.handler_succeeded,
-                        self,
-                        event=event,
-                        handler=sub.name,
-                        attempts=attempt,
-                    )
+                    self._succeeded(event, sub, attempt)
                 return
 
     # -- the async path ------------------------------------------------------------
@@ -431,9 +423,7 @@ class EventBus(HandlerRegistry):
                     self._failed(item, sub, 1, error, None, None)
                     continue
                 if notify:
-                    signals.send(
-                        signals.handler_succeeded, self, event=event, handler=sub.name, attempts=1
-                    )
+                    self._succeeded(event, sub, 1)
             else:
                 await self._attempt_async(item, sub, policy)
 
@@ -467,16 +457,15 @@ class EventBus(HandlerRegistry):
                 await self._async_sleep(delay)
             else:
                 if signals.handler_succeeded.receivers:
-                    signals.send(
-                        signals.handler_succeeded,
-                        self,
-                        event=event,
-                        handler=sub.name,
-                        attempts=attempt,
-                    )
+                    self._succeeded(event, sub, attempt)
                 return
 
     # -- failures ------------------------------------------------------------------
+
+    def _succeeded(self, event: Event, sub: Subscription, attempts: int) -> None:
+        signals.send(
+            signals.handler_succeeded, self, event=event, handler=sub.name, attempts=attempts
+        )
 
     @staticmethod
     def _next_delay(
