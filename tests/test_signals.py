@@ -173,7 +173,7 @@ def test_event_published_for_top_level_and_queued_events(mode: str) -> None:
 
     root = SignalledOrder()
 
-    def on_published(sender: EventBus, *, event: Event) -> None:
+    def on_published(sender: EventBus, *, event: Event, publisher: str | None) -> None:
         order.append(f"published {type(event).__name__}")
         published.append(event)
 
@@ -202,7 +202,7 @@ def test_event_published_kwargs_exactly(mode: str) -> None:
     event = SignalledOrphan()
     with recording(bus) as records:
         publish(bus, event, mode)
-    assert records[0] == ("event_published", {"event": event})
+    assert records[0] == ("event_published", {"event": event, "publisher": None})
 
 
 class SignalledLate(Event):
@@ -223,7 +223,7 @@ def test_event_published_once_for_a_publish_that_races_the_end_of_its_cascade() 
     delivered: list[Event] = []
     threads: list[threading.Thread] = []
 
-    def on_published(sender: EventBus, *, event: Event) -> None:
+    def on_published(sender: EventBus, *, event: Event, publisher: str | None) -> None:
         published.append(event)
         if isinstance(event, SignalledLate) and not in_receiver.is_set():
             in_receiver.set()  # the thread is inside publish, past the closed check
@@ -312,7 +312,7 @@ def test_failed_retrying_and_dead_lettered_in_order(mode: str, use_async: bool) 
     [letter] = result.dead_letters
     common = {"event": event, "handler": name}
     assert records == [
-        ("event_published", {"event": event}),
+        ("event_published", {"event": event, "publisher": None}),
         ("handler_failed", {**common, "attempt": 1, "error": errors[0], "final": False}),
         ("handler_retrying", {**common, "attempt": 1, "error": errors[0], "delay": 0.25}),
         ("handler_failed", {**common, "attempt": 2, "error": errors[1], "final": False}),
@@ -417,7 +417,7 @@ def test_event_unhandled(mode: str, report: bool) -> None:
     with recording(bus) as records:
         result = publish(bus, event, mode)
     expected: list[Record] = [
-        ("event_published", {"event": event}),
+        ("event_published", {"event": event, "publisher": None}),
         ("event_unhandled", {"event": event}),
     ]
     if report:
@@ -675,3 +675,35 @@ def test_disconnected_receiver_no_longer_fires() -> None:
         signals.event_published.disconnect(receiver, sender=bus)
     bus.publish(SignalledOrphan())
     assert len(heard) == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_event_published_names_the_handler_that_published_it(mode: str) -> None:
+    bus, _ = make_bus(mode)
+
+    @bus.subscribe
+    def sync_parent(event: SignalledOrder) -> None:
+        bus.publish(SignalledChild(n=1))
+
+    @bus.subscribe
+    async def async_parent(event: SignalledOrder) -> None:
+        await bus.publish_async(SignalledChild(n=2))
+
+    @bus.subscribe
+    def child(event: SignalledChild) -> None:
+        if event.n == 1:
+            bus.publish(SignalledOrphan())
+
+    seen: list[tuple[str, str | None]] = []
+
+    def on_published(sender: EventBus, *, event: Event, publisher: str | None) -> None:
+        seen.append((type(event).__name__, publisher and publisher.rsplit(".", 1)[-1]))
+
+    with signals.event_published.connected_to(on_published, sender=bus):
+        publish(bus, SignalledOrder(), mode)
+    assert sorted(seen) == [
+        ("SignalledChild", "async_parent"),
+        ("SignalledChild", "sync_parent"),
+        ("SignalledOrder", None),
+        ("SignalledOrphan", "child"),
+    ]

@@ -142,7 +142,7 @@ class EventBus(HandlerRegistry):
                 f"it; use `await bus.publish_async(event)` instead"
             )
         if signals.event_published.receivers:
-            signals.send(signals.event_published, self, event=event)
+            signals.send(signals.event_published, self, event=event, publisher=None)
         return self._run(PublishResult(event), plan)
 
     async def publish_async(self, event: Event, /) -> PublishResult:
@@ -163,7 +163,7 @@ class EventBus(HandlerRegistry):
             if queued is not None:
                 return queued
         if signals.event_published.receivers:
-            signals.send(signals.event_published, self, event=event)
+            signals.send(signals.event_published, self, event=event, publisher=None)
         return await self._run_async(PublishResult(event), plan)
 
     # -- redriving dead letters -----------------------------------------------------
@@ -347,6 +347,10 @@ class EventBus(HandlerRegistry):
         if not plan.entries:
             self._unhandled(item)
             return
+        if signals.event_published.receivers:  # someone records who publishes what
+            for sub, policy, _ in plan.entries:
+                self._attempt(item, sub, policy)
+            return
         event = item.event
         notify = bool(signals.handler_succeeded.receivers)
         for sub, policy, fast in plan.entries:
@@ -365,6 +369,16 @@ class EventBus(HandlerRegistry):
 
     def _attempt(self, item: PublishResult, sub: Subscription, policy: RetryPolicy | None) -> None:
         """Run one handler with its retries, on the sync path."""
+        if signals.event_published.receivers:
+            token = _publisher.set(sub.name)
+            try:
+                self._attempts(item, sub, policy)
+            finally:
+                _publisher.reset(token)
+        else:
+            self._attempts(item, sub, policy)
+
+    def _attempts(self, item: PublishResult, sub: Subscription, policy: RetryPolicy | None) -> None:
         event = item.event
         if sub.is_async and _loop_is_running():
             error = SyncPublishError(
@@ -408,6 +422,10 @@ class EventBus(HandlerRegistry):
             for group in plan.priority_groups:
                 await _gather_or_cancel([self._attempt_async(item, s, p) for s, p, _ in group])
             return
+        if signals.event_published.receivers:  # someone records who publishes what
+            for sub, policy, _ in plan.entries:
+                await self._attempt_async(item, sub, policy)
+            return
         event = item.event
         notify = bool(signals.handler_succeeded.receivers)
         for sub, policy, fast in plan.entries:
@@ -431,6 +449,18 @@ class EventBus(HandlerRegistry):
         self, item: PublishResult, sub: Subscription, policy: RetryPolicy | None
     ) -> None:
         """Run one handler with its retries, on the async path."""
+        if signals.event_published.receivers:
+            token = _publisher.set(sub.name)
+            try:
+                await self._attempts_async(item, sub, policy)
+            finally:
+                _publisher.reset(token)
+        else:
+            await self._attempts_async(item, sub, policy)
+
+    async def _attempts_async(
+        self, item: PublishResult, sub: Subscription, policy: RetryPolicy | None
+    ) -> None:
         event = item.event
         delays = policy.delays(self._random) if policy is not None else None
         first_failure: datetime | None = None
@@ -705,7 +735,7 @@ class _Cascade:
             else:
                 return None
         if signals.event_published.receivers:
-            signals.send(signals.event_published, self.bus, event=event)
+            signals.send(signals.event_published, self.bus, event=event, publisher=_publisher.get())
         return child
 
     def next(self) -> PublishResult | None:
@@ -754,6 +784,12 @@ class _Cascade:
                 ", ".join(f"{i.event.event_type} (event_id={i.event.event_id})" for i in dropped),
             )
 
+
+#: The name of the handler running in this context, kept only while someone listens to
+#: event_published (it says which handler published each event).
+_publisher: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "eventbus_publisher", default=None
+)
 
 #: The event whose handlers are running in this context (None outside handlers).
 _current: contextvars.ContextVar[PublishResult | None] = contextvars.ContextVar(

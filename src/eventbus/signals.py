@@ -44,10 +44,14 @@ _signals = Namespace()
 
 event_published: NamedSignal = _signals.signal(
     "event-published",
-    doc="""An event was accepted by ``publish`` or ``publish_async``: ``event=``.
+    doc="""An event was accepted by ``publish`` or ``publish_async``: ``event=``,
+    ``publisher=`` (the name of the handler that published it, or None for a
+    top-level publish).
 
     Sent before its handlers run; for an event published from a handler,
     when it is queued, with its ``causation_id`` and ``correlation_id`` set.
+    While it has receivers, the bus takes a slightly slower path that keeps
+    track of the running handler.
     """,
 )
 
