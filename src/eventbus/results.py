@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing as t
 
 if t.TYPE_CHECKING:
-    from .bus import _Cascade
+    from .bus import _Root
     from .dead_letters import DeadLetter
     from .events import Event
 
@@ -31,7 +31,7 @@ class PublishResult:
     def __init__(self, event: Event, dead_letters: list[DeadLetter] | None = None) -> None:
         self.event = event
         self.dead_letters: list[DeadLetter] = dead_letters if dead_letters is not None else []
-        self._cascade: _Cascade | None = None
+        self._cascade: _Root | None = None
         self._depth = 0
         self._parent: PublishResult | None = None
 

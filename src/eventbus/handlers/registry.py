@@ -42,6 +42,9 @@ class Plan:
     #: The same entries grouped by priority, highest first (for concurrent dispatch).
     priority_groups: tuple[tuple[Entry, ...], ...]
     has_async: bool
+    #: When every handler can be called inline (one attempt, no timeout, no thread):
+    #: (handler, subscription, is_async) for the shortest path through publish. Else None.
+    inline: tuple[tuple[c.Callable[[t.Any], t.Any], Subscription, bool], ...] | None = None
 
 
 class HandlerRegistry:
@@ -308,6 +311,9 @@ class HandlerRegistry:
                 tuple(group) for _, group in itertools.groupby(entries, key=lambda e: e[0].priority)
             ),
             has_async=any(s.is_async for s in subs),
+            inline=tuple((s.handler, s, s.is_async) for s, _, _ in entries)
+            if entries and all(fast for _, _, fast in entries)
+            else None,
         )
 
 
