@@ -28,6 +28,7 @@ from .events import Event, UnknownEventTypeError
 from .handlers import Handler, HandlerRegistry, Subscription
 from .results import PublishResult
 from .retry import RetryPolicy
+from .tracing import Trace, TracedEvent, TracedFailure, TracedHandler
 
 __all__ = [
     "NO_HANDLER",
@@ -49,6 +50,10 @@ __all__ = [
     "SQLiteDeadLetterStore",
     "Subscription",
     "SyncPublishError",
+    "Trace",
+    "TracedEvent",
+    "TracedFailure",
+    "TracedHandler",
     "UndefinedEvent",
     "UnhandledEventError",
     "UnknownEventTypeError",
