@@ -18,6 +18,7 @@ import threading
 import typing as t
 import warnings
 
+import blinker
 import pytest
 from blinker import NamedSignal
 
@@ -707,3 +708,26 @@ def test_event_published_names_the_handler_that_published_it(mode: str) -> None:
         ("SignalledOrder", None),
         ("SignalledOrphan", "child"),
     ]
+
+
+def test_receivers_are_called_in_the_order_they_were_connected() -> None:
+    """blinker keeps receivers in a set; eventbus calls them in connection order."""
+    bus = EventBus()
+    called: list[int] = []
+
+    def make(n: int) -> c.Callable[..., None]:
+        def receiver(sender: EventBus, **kwargs: object) -> None:
+            called.append(n)
+
+        return receiver
+
+    receivers = [make(n) for n in range(30)]
+    for n, receiver in enumerate(receivers):
+        # half for this bus, half for any sender: both kinds interleave in connection order
+        signals.event_published.connect(receiver, sender=bus if n % 2 else blinker.ANY)
+    try:
+        bus.publish(SignalledOrphan())
+    finally:
+        for receiver in receivers:
+            signals.event_published.disconnect(receiver)
+    assert called == list(range(30))
