@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo diagram test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/basics.py
+	$(BIN)/python -m examples.cart
+
+# Redraw the cart example's Mermaid diagram in docs/cart.md from a real run of its scenarios.
+diagram: $(STAMP)
+	$(BIN)/python -m examples.cart.diagram --write docs/cart.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -17,3 +17,15 @@ settings.load_profile("eventbus")
 @pytest.fixture
 def bus() -> EventBus:
     return EventBus()
+
+
+@pytest.fixture
+def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hash the cart example's passwords with a low scrypt cost, for speed.
+
+    The default cost is still used by the tests that run the demo, the
+    diagram and the docs.
+    """
+    from examples.cart.users import service
+
+    monkeypatch.setattr(service, "DEFAULT_COST", service.ScryptCost(n=2**8))

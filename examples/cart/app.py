@@ -1,0 +1,155 @@
+"""The composition root: one bus, one object per module, and every subscription, here.
+
+This is the only file that imports every module. The modules never call
+one another: each gets a ``publish`` function and its handlers are
+subscribed below, as bound methods of that module's object, so every
+``Shop`` starts with fresh state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc as c
+import time
+import types
+import typing as t
+
+from eventbus import DeadLetter, Event, EventBus, PublishResult, signals
+
+from .cart.service import Carts
+from .catalog.service import Catalog
+from .checkout.service import CheckoutSaga
+from .notifications.service import Notifications
+from .payments.gateway import FakeGateway
+from .payments.service import CHARGE_RETRY, REFUND_RETRY, Payments
+from .users.service import ScryptCost, Users
+
+Mode: t.TypeAlias = t.Literal["sync", "async"]
+
+#: What the shop sells when it opens: (sku, name, price in cents, stock).
+PRODUCTS: tuple[tuple[str, str, int, int], ...] = (
+    ("BOOK", "Domain-Driven Design", 4500, 5),
+    ("MUG", "Event mug", 1200, 10),
+    ("LAMP", "Desk lamp", 3900, 1),
+)
+
+
+class Shop:
+    """The shopping cart application: six modules on one :class:`EventBus`.
+
+    ``mode`` chooses how the user's actions are dispatched: ``"sync"`` with
+    ``bus.publish`` (the async handlers run on the bus's private loop),
+    ``"async"`` with ``await bus.publish_async`` on the shop's own event
+    loop. ``sleep`` and ``async_sleep`` are the waits between retries
+    (tests and the demo pass ones that return at once).
+
+    Use it as a context manager, or call :meth:`close`: in async mode it owns
+    an event loop, so its actions are called from plain (sync) code, as the
+    scenarios do, not from inside another running loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: Mode = "sync",
+        products: c.Iterable[tuple[str, str, int, int]] = PRODUCTS,
+        sleep: c.Callable[[float], object] = time.sleep,
+        async_sleep: c.Callable[[float], c.Awaitable[object]] = asyncio.sleep,
+        password_cost: ScryptCost | None = None,
+    ) -> None:
+        if mode not in ("sync", "async"):
+            raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+        self.mode = mode
+        self._runner = asyncio.Runner() if mode == "async" else None
+        self.bus = bus = EventBus(sleep=sleep, async_sleep=async_sleep)
+        publish = self.publish
+
+        self.users = Users(publish, cost=password_cost)
+        self.catalog = Catalog(publish)
+        self.carts = Carts(publish)
+        self.gateway = FakeGateway()
+        self.payments = Payments(publish, self.gateway)
+        self.checkout = CheckoutSaga(publish)
+        self.notifications = Notifications(publish)
+
+        # catalog (sync)
+        bus.subscribe(self.catalog.on_reserve_stock)
+        bus.subscribe(self.catalog.on_release_stock)
+        # cart (sync)
+        bus.subscribe(self.carts.on_user_logged_in)
+        bus.subscribe(self.carts.on_product_listed)
+        bus.subscribe(self.carts.on_order_confirmed)
+        bus.subscribe(self.carts.on_order_cancelled)
+        # payments (async, retried while the gateway is unreachable)
+        bus.subscribe(self.payments.on_charge_payment, retry=CHARGE_RETRY)
+        bus.subscribe(self.payments.on_refund_payment, retry=REFUND_RETRY)
+        signals.event_dead_lettered.connect(self.payments.on_dead_letter, sender=bus)
+        # checkout saga (sync)
+        bus.subscribe(self.checkout.on_checkout_requested)
+        bus.subscribe(self.checkout.on_stock_reserved)
+        bus.subscribe(self.checkout.on_out_of_stock)
+        bus.subscribe(self.checkout.on_payment_succeeded)
+        bus.subscribe(self.checkout.on_payment_declined)
+        bus.subscribe(self.checkout.on_payment_unavailable)
+        bus.subscribe(self.checkout.on_checkout_abandoned)
+        bus.subscribe(self.checkout.on_payment_refunded)
+        bus.subscribe(self.checkout.on_stock_released)
+        # notifications (async)
+        bus.subscribe(self.notifications.on_user_registered)
+        bus.subscribe(self.notifications.on_login_failed)
+        bus.subscribe(self.notifications.on_order_confirmed)
+        bus.subscribe(self.notifications.on_order_cancelled)
+        bus.subscribe(self.notifications.on_payment_refunded)
+
+        self.list_products(products)
+
+    def list_products(self, products: c.Iterable[tuple[str, str, int, int]]) -> None:
+        for sku, name, price_cents, stock in products:
+            self.catalog.add_product(sku, name, price_cents=price_cents, stock=stock)
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """What the modules publish with.
+
+        From a handler, ``bus.publish`` queues the event after the current
+        one, whatever the mode. From a user action, the event is dispatched in
+        the shop's mode: in async mode, on the shop's loop (a user action
+        runs outside it, a handler inside it).
+        """
+        if self._runner is not None and not _loop_is_running():
+            self._runner.run(self.bus.publish_async(event))
+        else:
+            self.bus.publish(event)
+
+    def redrive(self, letter: DeadLetter) -> PublishResult:
+        """An operator's redrive of a dead letter, in the shop's mode."""
+        if self._runner is not None:
+            return self._runner.run(self.bus.redrive_async(letter))
+        return self.bus.redrive(letter)
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        signals.event_dead_lettered.disconnect(self.payments.on_dead_letter, sender=self.bus)
+        if self._runner is not None:
+            self._runner.close()
+
+    def __enter__(self) -> t.Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _loop_is_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""catalog: products with price and stock; reserves and releases stock for orders."""

@@ -1,0 +1,1 @@
+"""checkout: the saga that turns a checkout into a confirmed order, or compensates."""

@@ -1,0 +1,1 @@
+"""notifications: the emails the shop would send, recorded instead of sent."""

@@ -1,0 +1,1 @@
+"""payments: charges and refunds through a fake gateway with switchable behaviour."""

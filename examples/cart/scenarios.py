@@ -1,0 +1,204 @@
+"""The named scenarios the demo plays, and how it shows each: the cascade tree, the final state.
+
+A scenario is a plain function that acts on a :class:`Shop` the way its
+users and operators would: plain method calls on the module that owns the
+action (register, log in, fill the cart, check out, redrive a letter). What
+follows each action happens through events alone.
+
+Each scenario has its own shopper, so that all of them can also be played
+one after another in a single shop (``examples.cart.diagram`` does).
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import dataclasses
+import textwrap
+
+from eventbus import DeadLetter
+from eventbus.tracing import Trace
+
+from .app import PRODUCTS, Mode, Shop
+from .payments.events import ChargePayment
+
+#: Every shopper's password (the tests check that it never leaves the users module).
+PASSWORD = "correct horse battery staple"
+
+#: What the traces and the diagram leave out of handler names.
+PREFIX = "examples.cart."
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    summary: str  # one line, for --help
+    play: c.Callable[[Shop], None]
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str, summary: str) -> c.Callable[[c.Callable[[Shop], None]], Scenario]:
+    def define(play: c.Callable[[Shop], None]) -> Scenario:
+        SCENARIOS[name] = Scenario(name, summary, play)
+        return SCENARIOS[name]
+
+    return define
+
+
+@scenario("happy-path", "Ada buys a book and two mugs: stock reserved, charged, confirmed")
+def happy_path(shop: Shop) -> None:
+    shop.gateway.accept()
+    token = shopper(shop, "ada@example.com")
+    shop.carts.add(token, "BOOK")
+    shop.carts.add(token, "MUG")
+    shop.carts.change_quantity(token, "MUG", 2)
+    shop.carts.add(token, "LAMP")
+    shop.carts.remove(token, "LAMP")
+    shop.carts.checkout(token)
+
+
+@scenario("payment-declined", "Bob's card is declined: stock released, order cancelled")
+def payment_declined(shop: Shop) -> None:
+    shop.gateway.decline("insufficient funds")
+    shop.users.register("bob@example.com", PASSWORD)
+    assert shop.users.log_in("bob@example.com", "correct horse battery stapler") is None  # typo
+    token = shopper(shop, "bob@example.com", registered=True)
+    shop.carts.add(token, "BOOK", 2)
+    shop.carts.checkout(token)
+
+
+@scenario("flaky-payment", "the gateway times out twice; retries get Cleo's payment through")
+def flaky_payment(shop: Shop) -> None:
+    shop.gateway.flaky(failures=2)
+    token = shopper(shop, "cleo@example.com")
+    shop.carts.add(token, "MUG", 3)
+    shop.carts.checkout(token)
+
+
+@scenario("gateway-down", "Dan's charge is dead-lettered; redriven once the gateway is back")
+def gateway_down(shop: Shop) -> None:
+    shop.gateway.down()
+    token = shopper(shop, "dan@example.com")
+    shop.carts.add(token, "BOOK")
+    order_id = shop.carts.checkout(token)
+    # The charge is a dead letter; the order waits, its stock reserved. Later:
+    shop.gateway.accept()
+    shop.redrive(charge_letter(shop, order_id))
+
+
+@scenario("gateway-down-for-good", "Eve's charge is dead-lettered; abandoned, compensated")
+def gateway_down_for_good(shop: Shop) -> None:
+    shop.gateway.down()
+    token = shopper(shop, "eve@example.com")
+    shop.carts.add(token, "MUG")
+    order_id = shop.carts.checkout(token)
+    # The gateway does not come back: the operator gives up on the order, and on its letter
+    # (so that nobody redrives it by mistake; if somebody did, the saga would refund).
+    shop.checkout.abandon(order_id, "gateway down")
+    shop.bus.dead_letters.remove(charge_letter(shop, order_id))
+
+
+@scenario("late-charge-refunded", "Gina's order is abandoned, then its charge redriven: refunded")
+def late_charge_refunded(shop: Shop) -> None:
+    shop.gateway.down()
+    token = shopper(shop, "gina@example.com")
+    shop.carts.add(token, "BOOK")
+    order_id = shop.carts.checkout(token)
+    shop.checkout.abandon(order_id, "gateway down")
+    # The letter was left in the store, and a sweep redrives it once the gateway is back:
+    # the card is charged for a cancelled order, so the saga refunds it.
+    shop.gateway.accept()
+    shop.redrive(charge_letter(shop, order_id))
+
+
+@scenario("out-of-stock", "Finn wants two lamps, one is left: nothing reserved, cancelled")
+def out_of_stock(shop: Shop) -> None:
+    token = shopper(shop, "finn@example.com")
+    shop.carts.add(token, "MUG")
+    shop.carts.add(token, "LAMP", 2)
+    shop.carts.checkout(token)
+
+
+def shopper(shop: Shop, email: str, *, registered: bool = False) -> str:
+    """Register (unless ``registered``), log in, and return the session token."""
+    if not registered:
+        shop.users.register(email, PASSWORD)
+    token = shop.users.log_in(email, PASSWORD)
+    assert token is not None
+    return token
+
+
+def charge_letter(shop: Shop, order_id: str) -> DeadLetter:
+    """The dead letter of an order's charge."""
+    for letter in shop.bus.dead_letters:
+        if isinstance(letter.event, ChargePayment) and letter.event.order_id == order_id:
+            return letter
+    raise LookupError(f"no dead letter for the charge of {order_id}")
+
+
+# -- playing and showing --------------------------------------------------------------------
+
+
+def no_wait(delay: float) -> None:
+    """The demo's and the tests' retry wait: none (the trace shows what it would have been)."""
+
+
+async def no_wait_async(delay: float) -> None:
+    """``no_wait`` for the async path."""
+
+
+def open_shop(mode: Mode = "sync") -> Shop:
+    return Shop(mode=mode, sleep=no_wait, async_sleep=no_wait_async)
+
+
+def show(scenario: Scenario, mode: Mode = "sync") -> str:
+    """Play ``scenario`` in a fresh shop; return its heading, cascade tree and final state."""
+    with open_shop(mode) as shop:
+        with Trace(shop.bus) as trace:
+            scenario.play(shop)
+        heading = f"== {scenario.name}: {scenario.summary}"
+        return "\n".join([heading, "", trace.render(strip_prefix=PREFIX), "", final_state(shop)])
+
+
+def final_state(shop: Shop) -> str:
+    """Stock per product, orders, payments, emails and dead letters, as the demo prints them."""
+    opening = {sku: stock for sku, _, _, stock in PRODUCTS}
+    stock = [
+        f"{p.sku} {p.stock}" + (f" (was {opening[p.sku]})" if opening.get(p.sku) != p.stock else "")
+        for p in shop.catalog.products.values()
+    ]
+    orders = [
+        f"{o.order_id}  {o.status}  {money(o.total_cents)}"
+        + (f"  {o.reason}" if o.reason else "")
+        + ("  (refunded)" if o.refunded else "")
+        for o in shop.checkout.orders.values()
+    ]
+    payments = [
+        f"{p.order_id}  {p.status}  {money(p.amount_cents)}"
+        + (f"  {p.payment_id}" if p.payment_id else "")
+        + (f"  {p.detail}" if p.detail else "")
+        + f"  ({p.attempts} charge attempt{'s' if p.attempts != 1 else ''})"
+        for p in shop.payments.payments.values()
+    ]
+    emails = [f"to {e.to}: {e.subject}" for e in shop.notifications.outbox]
+    letters = [
+        f"{letter.event_type} -> {letter.handler.removeprefix(PREFIX)} ({letter.attempts} attempts)"
+        for letter in shop.bus.dead_letters
+    ]
+    sections = {
+        "stock": [", ".join(stock)],
+        "orders": orders,
+        "payments": payments,
+        "emails": emails,
+        "dead letters": letters,
+    }
+    lines = ["final state:"]
+    for title, items in sections.items():
+        lines.append(f"  {title}:")
+        lines += [textwrap.indent(item, "    ") for item in items or ["none"]]
+    return "\n".join(lines)
+
+
+def money(cents: int) -> str:
+    return f"${cents // 100}.{cents % 100:02d}"

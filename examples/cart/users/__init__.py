@@ -1,0 +1,1 @@
+"""users: registration (email checked, password hashed with scrypt) and log-in sessions."""
