@@ -23,6 +23,16 @@ demo: $(STAMP)
 diagram: $(STAMP)
 	$(BIN)/python -m examples.cart.diagram --write docs/cart.md
 
+# Benchmarks against blinker, pyee and bubus (the `bench` extra); writes docs/performance.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench.py --repetitions 7 --write docs/performance.md
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(BIN)/python -m mypy

@@ -94,13 +94,15 @@ def _sync_handlers(count: int) -> list[c.Callable[[Ping], None]]:
 
 
 def _async_handlers(count: int) -> list[c.Callable[[t.Any], c.Awaitable[None]]]:
-    def make() -> c.Callable[[t.Any], c.Awaitable[None]]:
+    def make(n: int) -> c.Callable[[t.Any], c.Awaitable[None]]:
         async def handler(event: t.Any) -> None:
             pass
 
+        # distinct names: bubus warns about handlers that share one
+        handler.__name__ = handler.__qualname__ = f"handler_{n}"
         return handler
 
-    return [make() for _ in range(count)]
+    return [make(n) for n in range(count)]
 
 
 def sync_publish(count: int) -> Case:
@@ -200,7 +202,7 @@ def async_publish(count: int, *, concurrent: bool) -> Case:
 def _bubus(count: int, *, parallel: bool) -> Runner:
     import bubus
 
-    class BubusPing(bubus.BaseEvent[None]):
+    class BubusPing(bubus.BaseEvent[None]):  # type: ignore[misc]
         n: int = 0
 
     def run_bubus(n: int) -> None:
@@ -347,7 +349,11 @@ class Row:
 
 
 def run(cases: list[Case], repetitions: int) -> list[Row]:
-    sizes = {(case.name, name): calibrate(r) for case in cases for name, r in case.contenders.items()}
+    sizes = {
+        (case.name, name): calibrate(runner)
+        for case in cases
+        for name, runner in case.contenders.items()
+    }
     rows = {
         (case.name, name): Row(case.name, name, [])
         for case in cases
@@ -501,7 +507,8 @@ def main(argv: c.Sequence[str] | None = None) -> int:
     env = environment(args.repetitions)
     print(results, checks, memory_text, env, sep="\n\n")
     if args.write:
-        template = open(os.path.join(os.path.dirname(__file__), "performance.md.in")).read()
+        with open(os.path.join(os.path.dirname(__file__), "performance.md.in")) as source:
+            template = source.read()
         page = template.format(environment=env, results=results, targets=checks, memory=memory_text)
         with open(args.write, "w") as out:
             out.write(page)
