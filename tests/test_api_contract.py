@@ -50,3 +50,72 @@ def test_registering_and_publishing_examples_run_as_written() -> None:
     result = asyncio.run(main(ItemAdded(cart_id="c1", sku="A-1", quantity=2)))
     assert result.ok
     assert result.dead_letters == []
+
+
+def test_retries_dead_letters_and_hooks_sections() -> None:
+    """api.md, sections Retries and dead letters, and Hooks."""
+    from eventbus import DeadLetter
+    from eventbus.signals import (
+        event_dead_lettered,
+        event_published,
+        handler_failed,
+        handler_retrying,
+    )
+
+    policy = RetryPolicy(max_attempts=3, initial_delay=0.0)  # total attempts, first included
+    assert policy.max_attempts == 3
+    assert RetryPolicy().max_attempts == 1  # the default: one attempt
+
+    bus = EventBus()
+    seen: dict[str, list[object]] = {"published": [], "failed": [], "retrying": [], "dead": []}
+
+    def on_published(sender: EventBus, **kwargs: object) -> None:
+        seen["published"].append(kwargs["event"])
+
+    def on_failed(sender: EventBus, **kwargs: object) -> None:
+        seen["failed"].append(kwargs["attempt"])
+
+    def on_retrying(sender: EventBus, **kwargs: object) -> None:
+        seen["retrying"].append((kwargs["attempt"], type(kwargs["error"]), kwargs["delay"]))
+
+    def on_dead(sender: EventBus, **kwargs: object) -> None:
+        seen["dead"].append(kwargs["dead_letter"])
+
+    recovered = False
+
+    @bus.subscribe(ItemAdded, retry=policy)
+    def reserve(event: ItemAdded) -> None:
+        if not recovered:
+            raise ConnectionError("stock service down")
+
+    with (
+        event_published.connected_to(on_published, sender=bus),
+        handler_failed.connected_to(on_failed, sender=bus),
+        handler_retrying.connected_to(on_retrying, sender=bus),
+        event_dead_lettered.connected_to(on_dead, sender=bus),
+    ):
+        event = ItemAdded(cart_id="c1", sku="A-1", quantity=2)
+        result = bus.publish(event)
+
+    assert not result.ok
+    [letter] = result.dead_letters
+    assert isinstance(letter, DeadLetter)
+    assert letter.event == event
+    assert letter.handler.endswith("reserve")
+    assert letter.attempts == 3
+    assert letter.error_type == "builtins.ConnectionError"
+    assert letter.error_message == "stock service down"
+    assert "ConnectionError: stock service down" in letter.traceback
+    assert letter.failed_at.tzinfo is not None
+    assert len(bus.dead_letters) == 1
+    assert list(bus.dead_letters) == [letter]
+    assert seen == {
+        "published": [event],
+        "failed": [1, 2, 3],
+        "retrying": [(1, ConnectionError, 0.0), (2, ConnectionError, 0.0)],
+        "dead": [letter],
+    }
+
+    recovered = True
+    assert bus.redrive(letter).ok
+    assert len(bus.dead_letters) == 0
