@@ -1,6 +1,6 @@
 """A tour of eventbus in one screen: sync and async handlers, a cascade, a dead letter.
 
-Run it with `make demo` (or `.venv/bin/python examples/basics.py`).
+Run it with `.venv/bin/python examples/basics.py` (`make demo` plays the cart example).
 """
 
 from __future__ import annotations

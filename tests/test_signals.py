@@ -731,3 +731,30 @@ def test_receivers_are_called_in_the_order_they_were_connected() -> None:
         for receiver in receivers:
             signals.event_published.disconnect(receiver)
     assert called == list(range(30))
+
+
+def test_an_async_handler_that_cannot_run_still_reports_its_final_failure() -> None:
+    """A child with an async handler, queued by sync publish inside a running loop."""
+    bus = EventBus()
+    failures: list[tuple[int, bool, str]] = []
+
+    @bus.subscribe
+    def parent(event: SignalledOrder) -> None:
+        bus.publish(SignalledChild(n=1))
+
+    @bus.subscribe
+    async def child(event: SignalledChild) -> None: ...
+
+    def on_failed(
+        sender: EventBus, *, attempt: int, final: bool, error: Exception, **_: object
+    ) -> None:
+        failures.append((attempt, final, type(error).__name__))
+
+    async def main() -> PublishResult:
+        return bus.publish(SignalledOrder())  # sync publish, loop running, sync root handler
+
+    with signals.handler_failed.connected_to(on_failed, sender=bus):
+        result = asyncio.run(main())
+    [letter] = result.dead_letters
+    assert letter.attempts == 0
+    assert failures == [(0, True, "SyncPublishError")]

@@ -272,7 +272,9 @@ class EventBus(HandlerRegistry):
 
         ``older_than`` keeps letters whose last failure is at least that old.
         A letter that cannot be redriven (see :meth:`redrive`) is reported in
-        its outcome, not raised, and the others go on.
+        its outcome, not raised, and the others go on. Inside a running event
+        loop, an async handler raises :class:`SyncPublishError`, as in
+        ``redrive``: use ``redrive_all_async`` there.
         """
         outcomes: list[RedriveOutcome] = []
         for letter in self._select(store, event_type, handler, older_than):
@@ -467,7 +469,7 @@ class EventBus(HandlerRegistry):
                 f"{sub.name} is async and the event was published with publish() inside a "
                 "running event loop; publish with `await bus.publish_async(...)`"
             )
-            self._give_up(item, sub.name, 0, error, None)
+            self._failed(item, sub, 0, error, None, None)
             return
         delays: c.Iterator[float] | None = None  # made on the first failure only
         first_failure: datetime | None = None
@@ -764,7 +766,8 @@ class _Root(PublishResult):
 
     Handlers in other threads (``run_in_thread``, or a copied context) may
     enqueue while the publishing thread drains, so ``enqueue`` and ``next``
-    use a double check instead of a lock: an enqueue appends, then looks at
+    use a double check instead of a lock (a lock is taken only to create the
+    queue, on the first child): an enqueue appends, then looks at
     ``closed``; ``next`` sets ``closed``, then looks at the queue. Whichever
     comes second sees the other, and ``deque.remove``/``popleft`` settle who
     owns a raced event.

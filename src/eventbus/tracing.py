@@ -622,7 +622,9 @@ def _render_handler(
                 item, item_lead, item_below, lines, root=False, ids=ids, strip_prefix=strip_prefix
             )
         elif isinstance(item, TracedFailure):
-            text = f"attempt {item.attempt} failed: {_error_text(item.error_type, item.message)}"
+            # attempt 0: the handler could not be run at all
+            attempt = f"attempt {item.attempt} " if item.attempt else ""
+            text = f"{attempt}failed: {_error_text(item.error_type, item.message)}"
             if item.delay is not None:
                 text += f" (retry in {_seconds(item.delay)})"
             lines.append(item_lead + text)
