@@ -464,7 +464,8 @@ def test_order_is_recomputed_after_subscribe() -> None:
     assert log == ["low", "high", "low", "high"]
 
 
-def test_hierarchy_delivery() -> None:
+@pytest.mark.parametrize("path", ["publish", "publish_async"])
+def test_hierarchy_delivery(path: str) -> None:
     bus = EventBus()
     got: dict[str, list[str]] = {"event": [], "placed": [], "priority": [], "shipped": []}
 
@@ -484,43 +485,17 @@ def test_hierarchy_delivery() -> None:
     async def on_shipped(event: Shipped) -> None:
         got["shipped"].append(type(event).__name__)
 
-    bus.publish(Placed())
-    bus.publish(PriorityPlaced())
-    bus.publish(Shipped())
-    assert got == {
-        "event": ["Placed", "PriorityPlaced", "Shipped"],
-        "placed": ["Placed", "PriorityPlaced"],
-        "priority": ["PriorityPlaced"],
-        "shipped": ["Shipped"],
-    }
+    events: list[Event] = [Placed(), PriorityPlaced(), Shipped()]
+    if path == "publish":
+        for event in events:
+            bus.publish(event)
+    else:
 
+        async def main() -> None:
+            for event in events:
+                await bus.publish_async(event)
 
-def test_hierarchy_delivery_async() -> None:
-    bus = EventBus()
-    got: dict[str, list[str]] = {"event": [], "placed": [], "priority": [], "shipped": []}
-
-    @bus.subscribe
-    def on_event(event: Event) -> None:
-        got["event"].append(type(event).__name__)
-
-    @bus.subscribe
-    def on_placed(event: Placed) -> None:
-        got["placed"].append(type(event).__name__)
-
-    @bus.subscribe
-    async def on_priority(event: PriorityPlaced) -> None:
-        got["priority"].append(type(event).__name__)
-
-    @bus.subscribe
-    async def on_shipped(event: Shipped) -> None:
-        got["shipped"].append(type(event).__name__)
-
-    async def main() -> None:
-        await bus.publish_async(Placed())
-        await bus.publish_async(PriorityPlaced())
-        await bus.publish_async(Shipped())
-
-    asyncio.run(main())
+        asyncio.run(main())
     assert got == {
         "event": ["Placed", "PriorityPlaced", "Shipped"],
         "placed": ["Placed", "PriorityPlaced"],

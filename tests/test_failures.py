@@ -567,7 +567,9 @@ def test_retry_runs_other_handlers_after_the_retried_one() -> None:
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit, Fatal])
 @pytest.mark.parametrize("use_async", [False, True], ids=["sync_handler", "async_handler"])
-def test_base_exception_propagates(error: type[BaseException], use_async: bool) -> None:
+@pytest.mark.parametrize("path", ["publish", "publish_async"])
+def test_base_exception_propagates(error: type[BaseException], use_async: bool, path: str) -> None:
+    """Not a handler failure: no retry, no later handler, no dead letter, on either path."""
     sleeps = Sleeps()
     bus = sleeps.bus()
     log: list[str] = []
@@ -590,41 +592,15 @@ def test_base_exception_propagates(error: type[BaseException], use_async: bool) 
     def never(event: Placed) -> None:
         log.append("never")  # pragma: no cover
 
-    with pytest.raises(error):
-        bus.publish(Placed())
-    assert log == ["interrupted"]  # not retried, no later handler
-    assert sleeps.sync == []
-    assert len(bus.dead_letters) == 0
-
-
-@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit, Fatal])
-@pytest.mark.parametrize("use_async", [False, True], ids=["sync_handler", "async_handler"])
-def test_base_exception_propagates_async(error: type[BaseException], use_async: bool) -> None:
-    sleeps = Sleeps()
-    bus = sleeps.bus()
-    log: list[str] = []
-
-    if use_async:
-
-        @bus.subscribe(retry=POLICY)
-        async def interrupted_async(event: Placed) -> None:
-            log.append("interrupted")
-            raise error()
-
-    else:
-
-        @bus.subscribe(retry=POLICY)
-        def interrupted(event: Placed) -> None:
-            log.append("interrupted")
-            raise error()
-
-    @bus.subscribe(priority=-1)
-    def never(event: Placed) -> None:
-        log.append("never")  # pragma: no cover
+    def run() -> object:
+        if path == "publish":
+            return bus.publish(Placed())
+        return asyncio.run(bus.publish_async(Placed()))
 
     with pytest.raises(error):
-        asyncio.run(bus.publish_async(Placed()))
+        run()
     assert log == ["interrupted"]
+    assert sleeps.sync == []
     assert sleeps.async_ == []
     assert len(bus.dead_letters) == 0
 
