@@ -16,11 +16,9 @@ Used by docs/retries.md, whose example runs in the tests.
 
 from __future__ import annotations
 
-import collections.abc as c
 import os
-import time
 
-from eventbus import Event, EventBus, RetryPolicy, SQLiteDeadLetterStore
+from eventbus import Clock, Event, EventBus, RetryPolicy, SQLiteDeadLetterStore
 
 
 class OrderPaid(Event):
@@ -34,13 +32,13 @@ class Warehouse:
     """The warehouse's state and handlers; its methods are subscribed to its bus."""
 
     def __init__(
-        self, *, path: str | None = None, sleep: c.Callable[[float], object] = time.sleep
+        self, *, path: str | None = None, clock: Clock | None = None
     ) -> None:
         self.printer_jams_left = 2
         self.shipments: list[str] = []
         store = SQLiteDeadLetterStore(path or os.environ.get("WAREHOUSE_DLQ", "warehouse-dlq.db"))
-        # Tests pass `sleep` so that retries do not really wait.
-        self.bus = EventBus(dead_letters=store, sleep=sleep)
+        # Tests pass a clock whose retries do not really wait.
+        self.bus = EventBus(dead_letters=store, clock=clock)
         self.bus.subscribe(
             self.pack_order, retry=RetryPolicy(max_attempts=4, initial_delay=0.5, jitter=0.1)
         )

@@ -17,7 +17,7 @@ import re
 import pytest
 from examples.cart import diagram
 from examples.cart.app import PRODUCTS, Shop
-from examples.cart.scenarios import PREFIX, SCENARIOS, no_wait, no_wait_async, show
+from examples.cart.scenarios import PREFIX, SCENARIOS, NoWait, show
 
 from eventbus.tracing import Trace, TracedEvent
 
@@ -85,7 +85,7 @@ def table(markdown: str) -> Table:
 def real_table() -> Table:
     handles: dict[str, set[str]] = collections.defaultdict(set)
     publishes: dict[str, set[str]] = collections.defaultdict(set)
-    shop = Shop(products=(), sleep=no_wait, async_sleep=no_wait_async)
+    shop = Shop(products=(), clock=NoWait())
     with shop, Trace(shop.bus) as trace:
         for sub in shop.bus.subscriptions:
             handles[module_of(sub.name)].update(cls.__name__ for cls in sub.event_types)

@@ -17,6 +17,7 @@ from examples.cart.payments.events import ChargePayment, PaymentUnavailable
 from examples.cart.scenarios import SCENARIOS, charge_letter, shopper
 
 from eventbus.tracing import Trace, TracedEvent
+from tests.clocks import TestClock
 
 pytestmark = pytest.mark.usefixtures("cheap_passwords")
 
@@ -44,7 +45,9 @@ def waits() -> Waits:
 
 @pytest.fixture(params=MODES)
 def shop(request: pytest.FixtureRequest, waits: Waits) -> c.Iterator[Shop]:
-    with Shop(mode=request.param, sleep=waits.sleep, async_sleep=waits.async_sleep) as shop:
+    with Shop(
+        mode=request.param, clock=TestClock(sleep=waits.sleep, sleep_async=waits.async_sleep)
+    ) as shop:
         yield shop
 
 
@@ -249,7 +252,7 @@ def test_out_of_stock_reserves_nothing(shop: Shop) -> None:
 
 def test_every_scenario_can_follow_the_others_in_one_shop(waits: Waits) -> None:
     """What the diagram does: each scenario brings its own shopper and gateway mode."""
-    with Shop(sleep=waits.sleep, async_sleep=waits.async_sleep) as shop:
+    with Shop(clock=TestClock(sleep=waits.sleep, sleep_async=waits.async_sleep)) as shop:
         for scenario in SCENARIOS.values():
             scenario.play(shop)
         statuses = {o.order_id: o.status for o in shop.checkout.orders.values()}
@@ -274,7 +277,7 @@ def test_in_async_mode_even_the_sync_handlers_run_in_the_shops_event_loop(
     def probe(event: ChargePayment) -> None:
         loop_running.append(_loop_is_running())
 
-    with Shop(mode=mode, sleep=waits.sleep, async_sleep=waits.async_sleep) as shop:
+    with Shop(mode=mode, clock=TestClock(sleep=waits.sleep, sleep_async=waits.async_sleep)) as shop:
         shop.bus.subscribe(probe)
         token = shopper(shop, "ada@example.com")
         shop.carts.add(token, "MUG")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from eventbus import DeadLetter, Event, EventBus, PublishResult, RetryPolicy
+from tests.clocks import TestClock
 
 
 class Placed(Event):
@@ -47,7 +48,8 @@ class Sleeps:
         self.async_.append(delay)
 
     def bus(self, **options: object) -> EventBus:
-        return EventBus(sleep=self.sleep, async_sleep=self.async_sleep, **options)  # type: ignore[arg-type]
+        clock = TestClock(sleep=self.sleep, sleep_async=self.async_sleep)
+        return EventBus(clock=clock, **options)  # type: ignore[arg-type]
 
 
 # -- isolation -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from eventbus import (
     SyncPublishError,
     UndefinedEvent,
 )
+from tests.clocks import TestClock
 
 
 class RedriveOrder(Event):
@@ -71,7 +72,8 @@ class Harness:
         self.waits: list[float] = []
         self.on_wait: c.Callable[[], None] | None = None
         self.bus = EventBus(
-            sleep=self.sleep, async_sleep=self.async_sleep, clock=self.clock, dead_letters=store
+            clock=TestClock(sleep=self.sleep, sleep_async=self.async_sleep, now=self.clock),
+            dead_letters=store,
         )
 
     def sleep(self, delay: float) -> None:

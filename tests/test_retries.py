@@ -30,6 +30,7 @@ from eventbus import (
     UnhandledEventError,
     signals,
 )
+from tests.clocks import TestClock
 
 
 class RetriedOrder(Event):
@@ -88,10 +89,9 @@ class Waits:
         report_unhandled: bool = False,
     ) -> EventBus:
         return EventBus(
-            sleep=self.sleep,
-            async_sleep=self.async_sleep,
-            clock=self.clock,
-            random=rng,
+            clock=TestClock(
+                sleep=self.sleep, sleep_async=self.async_sleep, now=self.clock, rng=rng
+            ),
             retry=retry,
             concurrent=concurrent,
             report_unhandled=report_unhandled,
@@ -327,7 +327,9 @@ def test_async_retry_wait_does_not_hold_up_a_sibling_of_equal_priority() -> None
             await gate.wait()
             log.append("woke")
 
-        bus = EventBus(concurrent=True, async_sleep=gated_sleep, sleep=_no_sync_sleep)
+        bus = EventBus(
+            concurrent=True, clock=TestClock(sleep=_no_sync_sleep, sleep_async=gated_sleep)
+        )
         attempts: list[int] = []
 
         @bus.subscribe(retry=RetryPolicy(max_attempts=2, initial_delay=30.0))
@@ -375,7 +377,9 @@ def test_async_retry_wait_lets_sibling_start_first_and_finish_during_the_wait() 
             sleeping.set()
             await gate.wait()
 
-        bus = EventBus(concurrent=True, async_sleep=gated_sleep, sleep=_no_sync_sleep)
+        bus = EventBus(
+            concurrent=True, clock=TestClock(sleep=_no_sync_sleep, sleep_async=gated_sleep)
+        )
 
         @bus.subscribe
         async def sibling(event: RetriedOrder) -> None:

@@ -23,6 +23,7 @@ import pytest
 from blinker import NamedSignal
 
 from eventbus import DeadLetter, Event, EventBus, PublishResult, RetryPolicy, signals
+from tests.clocks import TestClock
 
 
 class SignalledOrder(Event):
@@ -107,7 +108,11 @@ def sleeps() -> tuple[
 
 def make_bus(mode: str, **options: t.Any) -> tuple[EventBus, list[float]]:
     waited, sleep, async_sleep = sleeps()
-    bus = EventBus(sleep=sleep, async_sleep=async_sleep, concurrent=mode == "concurrent", **options)
+    bus = EventBus(
+        clock=TestClock(sleep=sleep, sleep_async=async_sleep),
+        concurrent=mode == "concurrent",
+        **options,
+    )
     return bus, waited
 
 

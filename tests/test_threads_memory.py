@@ -14,6 +14,7 @@ import tracemalloc
 import uuid
 
 from eventbus import Event, EventBus, HandlerRegistry, RetryPolicy
+from tests.clocks import TestClock
 
 
 class Tick(Event):
@@ -122,7 +123,7 @@ def test_many_threads_publish_at_once_async() -> None:
 
 
 def test_failures_from_many_threads_are_all_dead_lettered() -> None:
-    bus = EventBus(retry=RetryPolicy(max_attempts=2), sleep=lambda delay: None)
+    bus = EventBus(retry=RetryPolicy(max_attempts=2), clock=TestClock())
 
     @bus.subscribe
     def broken(event: Tick) -> None:

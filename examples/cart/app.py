@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc as c
-import time
 import types
 import typing as t
 
-from eventbus import DeadLetter, Event, EventBus, PublishResult, signals
+from eventbus import Clock, DeadLetter, Event, EventBus, PublishResult, signals
 
 from .cart.service import Carts
 from .catalog.service import Catalog
@@ -40,8 +39,8 @@ class Shop:
     ``mode`` chooses how the user's actions are dispatched: ``"sync"`` with
     ``bus.publish`` (the async handlers run on the bus's private loop),
     ``"async"`` with ``await bus.publish_async`` on the shop's own event
-    loop. ``sleep`` and ``async_sleep`` are the waits between retries
-    (tests and the demo pass ones that return at once).
+    loop. ``clock`` is the bus's :class:`~eventbus.Clock`, which waits
+    between retries (tests and the demo pass one that returns at once).
 
     Use it as a context manager, or call :meth:`close`: in async mode it owns
     an event loop, so its actions are called from plain (sync) code, as the
@@ -53,15 +52,14 @@ class Shop:
         *,
         mode: Mode = "sync",
         products: c.Iterable[tuple[str, str, int, int]] = PRODUCTS,
-        sleep: c.Callable[[float], object] = time.sleep,
-        async_sleep: c.Callable[[float], c.Awaitable[object]] = asyncio.sleep,
+        clock: Clock | None = None,
         password_cost: ScryptCost | None = None,
     ) -> None:
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
         self.mode = mode
         self._runner = asyncio.Runner() if mode == "async" else None
-        self.bus = bus = EventBus(sleep=sleep, async_sleep=async_sleep)
+        self.bus = bus = EventBus(clock=clock)
         publish = self.publish
 
         self.users = Users(publish, cost=password_cost)
@@ -131,7 +129,8 @@ class Shop:
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        signals.event_dead_lettered.disconnect(self.payments.on_dead_letter, sender=self.bus)
+        # Without sender=: blinker would keep the receiver in the signal for good otherwise.
+        signals.event_dead_lettered.disconnect(self.payments.on_dead_letter)
         if self._runner is not None:
             self._runner.close()
 

@@ -18,7 +18,7 @@ import sys
 from eventbus.tracing import Trace
 
 from .app import PRODUCTS, Shop
-from .scenarios import PREFIX, SCENARIOS, no_wait, no_wait_async
+from .scenarios import PREFIX, SCENARIOS, NoWait
 
 BEGIN = "<!-- begin diagram: made by `make diagram` from a run of every scenario; do not edit -->"
 END = "<!-- end diagram -->"
@@ -26,7 +26,7 @@ END = "<!-- end diagram -->"
 
 def mermaid() -> str:
     """The diagram of every scenario, played in one shop."""
-    shop = Shop(products=(), sleep=no_wait, async_sleep=no_wait_async)
+    shop = Shop(products=(), clock=NoWait())
     with shop, Trace(shop.bus) as trace:
         shop.list_products(PRODUCTS)
         for scenario in SCENARIOS.values():

@@ -15,7 +15,7 @@ import collections.abc as c
 import dataclasses
 import textwrap
 
-from eventbus import DeadLetter
+from eventbus import DeadLetter, SystemClock
 from eventbus.tracing import Trace
 
 from .app import PRODUCTS, Mode, Shop
@@ -140,16 +140,18 @@ def charge_letter(shop: Shop, order_id: str) -> DeadLetter:
 # -- playing and showing --------------------------------------------------------------------
 
 
-def no_wait(delay: float) -> None:
-    """The demo's and the tests' retry wait: none (the trace shows what it would have been)."""
+class NoWait(SystemClock):
+    """The demo's and the tests' clock: retries do not wait (the trace shows what they would)."""
 
+    def sleep(self, seconds: float, /) -> None:
+        pass
 
-async def no_wait_async(delay: float) -> None:
-    """``no_wait`` for the async path."""
+    async def sleep_async(self, seconds: float, /) -> None:
+        pass
 
 
 def open_shop(mode: Mode = "sync") -> Shop:
-    return Shop(mode=mode, sleep=no_wait, async_sleep=no_wait_async)
+    return Shop(mode=mode, clock=NoWait())
 
 
 def show(scenario: Scenario, mode: Mode = "sync") -> str:

@@ -5,15 +5,18 @@ registered with a decorator; a handler that fails never stops the others and
 ends as a dead letter, never as a log line alone.
 """
 
+import typing as t
+
 from . import signals
 from .bus import EventBus, RedriveOutcome
+from .cascade import LocalTransport
+from .clock import Clock, SystemClock
 from .dead_letters import (
     NO_HANDLER,
     DeadLetter,
     DeadLetterStore,
     DeadLetterStoreFullError,
     InMemoryDeadLetterStore,
-    SQLiteDeadLetterStore,
     UndefinedEvent,
 )
 from .errors import (
@@ -24,15 +27,21 @@ from .errors import (
     SyncPublishError,
     UnhandledEventError,
 )
-from .events import Event, UnknownEventTypeError
+from .events import Event, UnknownEventTypeError, new_event_id
 from .handlers import Handler, HandlerRegistry, Subscription
+from .middleware import HandlerCall, Middleware
 from .results import PublishResult
 from .retry import RetryPolicy
-from .tracing import Trace, TracedEvent, TracedFailure, TracedHandler
+from .transport import Transport
+
+if t.TYPE_CHECKING:
+    from .dead_letters.sqlite import SQLiteDeadLetterStore
+    from .tracing import Trace, TracedEvent, TracedFailure, TracedHandler
 
 __all__ = [
     "NO_HANDLER",
     "CascadeDepthError",
+    "Clock",
     "DeadLetter",
     "DeadLetterStore",
     "DeadLetterStoreFullError",
@@ -40,9 +49,12 @@ __all__ = [
     "EventBus",
     "EventBusError",
     "Handler",
+    "HandlerCall",
     "HandlerRegistry",
     "HandlerTimeoutError",
     "InMemoryDeadLetterStore",
+    "LocalTransport",
+    "Middleware",
     "PublishResult",
     "RedriveError",
     "RedriveOutcome",
@@ -50,12 +62,39 @@ __all__ = [
     "SQLiteDeadLetterStore",
     "Subscription",
     "SyncPublishError",
+    "SystemClock",
     "Trace",
     "TracedEvent",
     "TracedFailure",
     "TracedHandler",
+    "Transport",
     "UndefinedEvent",
     "UnhandledEventError",
     "UnknownEventTypeError",
+    "new_event_id",
     "signals",
 ]
+
+# Imported on first use: most programs never trace, and only some keep letters in SQLite.
+_LAZY = {
+    "SQLiteDeadLetterStore": ".dead_letters.sqlite",
+    "Trace": ".tracing",
+    "TracedEvent": ".tracing",
+    "TracedFailure": ".tracing",
+    "TracedHandler": ".tracing",
+}
+
+
+def __getattr__(name: str) -> t.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'eventbus' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from .bus import EventBus
 from .dead_letters import DeadLetter, UndefinedEvent
 from .dead_letters.sqlite import SQLiteDeadLetterStore
-from .errors import RedriveError
 
 __all__ = ["main"]
 
@@ -105,27 +104,30 @@ def _redrive(args: argparse.Namespace) -> int:
     bus = _load_app(args.app)
     assert bus is not None
     _require_selection(args, "redrive")
-    failed = 0
     rows: list[tuple[str, ...]] = []
     with _open_store(args.db) as store:
-        letters = [_find(store, i) for i in args.ids] if args.ids else _select(store, args)
-        for letter in letters:
-            try:
-                result = bus.redrive(letter, store=store)
-            except RedriveError as error:
-                failed += 1
-                rows.append(_outcome_row(letter, f"not redriven: {error}"))
-                continue
-            again = [other for other in result.dead_letters if other.id == letter.id]
-            if again:
-                failed += 1
-                status = f"failed again ({again[0].attempts} attempts): {again[0].error_message}"
-            else:
-                status = "redriven, removed"
-            children = [other for other in result.dead_letters if other.id != letter.id]
-            if children:
-                status += f"; {len(children)} new dead letter(s) from events it published"
-            rows.append(_outcome_row(letter, status))
+        ids = {_find(store, i).id for i in args.ids} if args.ids else None
+        outcomes = bus.redrive_all(
+            event_type=args.event_type,
+            handler=args.handler,
+            older_than=args.older_than,
+            ids=ids,
+            store=store,
+        )
+    for outcome in outcomes:
+        if outcome.error is not None:
+            status = f"not redriven: {outcome.error}"
+        elif outcome.failed_again is not None:
+            again = outcome.failed_again
+            status = f"failed again ({again.attempts} attempts): {again.error_message}"
+        else:
+            status = "redriven, removed"
+        if outcome.new_dead_letters:
+            status += (
+                f"; {len(outcome.new_dead_letters)} new dead letter(s) from events it published"
+            )
+        rows.append(_outcome_row(outcome.letter, status))
+    failed = sum(not outcome.ok for outcome in outcomes)
     if not rows:
         print("no dead letters match")
         return 0

@@ -8,14 +8,19 @@ payload can never make eventbus import or unpickle anything.
 
 from __future__ import annotations
 
+import os
+import random
 import threading
+import time
 import typing as t
 import uuid
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["Event", "UnknownEventTypeError"]
+from .context import current_causation_id, current_correlation_id
+
+__all__ = ["Event", "UnknownEventTypeError", "new_event_id"]
 
 
 class UnknownEventTypeError(LookupError):
@@ -29,6 +34,42 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# Event ids are UUIDv7 (RFC 9562): 48 bits of Unix time in milliseconds, the version and
+# variant, and 74 random bits from a generator seeded by the OS, reseeded in a forked child
+# (so two processes never share a sequence). uuid4() reads the OS for every id and costs
+# more than the rest of an event's construction; ids need uniqueness, not secrecy.
+_id_random = random.Random()
+os.register_at_fork(after_in_child=_id_random.seed)
+_random_bits = _id_random.getrandbits
+_time_ns = time.time_ns
+_new_uuid = object.__new__
+_set = object.__setattr__
+_SAFE = uuid.SafeUUID.unknown
+_VERSION_7 = 0x7 << 76
+_VARIANT = 0b10 << 62
+_LOW_62 = (1 << 62) - 1
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh UUIDv7: unique, and sorting by creation time to the millisecond.
+
+    Within one millisecond the order is random. Not for secrets: the random
+    bits come from a seeded (by the OS) Mersenne Twister, not from the OS itself.
+    """
+    bits = _random_bits(74)
+    value = (
+        (_time_ns() // 1_000_000) << 80
+        | _VERSION_7
+        | (bits >> 62) << 64
+        | _VARIANT
+        | (bits & _LOW_62)
+    )
+    made = _new_uuid(uuid.UUID)
+    _set(made, "int", value)  # what UUID.__init__ does, without its checks of an int we made
+    _set(made, "is_safe", _SAFE)
+    return made
+
+
 class Event(BaseModel):
     """Base class of every event: a frozen pydantic model with metadata.
 
@@ -40,13 +81,19 @@ class Event(BaseModel):
 
     The metadata fields are filled automatically:
 
-    - ``event_id``: a fresh UUID4;
+    - ``event_id``: a fresh UUIDv7 (time-ordered to the millisecond, see
+      :func:`new_event_id`);
     - ``occurred_at``: the timezone-aware UTC time of construction;
-    - ``correlation_id``: the id shared by every event of one cascade (set by
-      the bus on events published from a handler; ``None`` on a root event
-      unless you set it, say to a request id);
+    - ``correlation_id``: the id shared by every event of one cascade: the
+      root event's ``event_id`` (``None`` on a root event unless you set it,
+      say to a request id);
     - ``causation_id``: the ``event_id`` of the event whose handler published
       this one (``None`` on a root event).
+
+    An event constructed inside a handler takes both ids from the event being
+    handled, when it is constructed; an event constructed elsewhere and
+    published from a handler gets them when it is published (the result's
+    ``event`` is then a copy with the ids set).
 
     ``event_type`` is the class's stable name, ``"module.QualName"`` unless the
     class sets it::
@@ -65,10 +112,10 @@ class Event(BaseModel):
 
     event_type: t.ClassVar[str] = "eventbus.Event"
 
-    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = Field(default_factory=new_event_id)
     occurred_at: datetime = Field(default_factory=_utc_now)
-    correlation_id: uuid.UUID | None = None
-    causation_id: uuid.UUID | None = None
+    correlation_id: uuid.UUID | None = Field(default_factory=current_correlation_id)
+    causation_id: uuid.UUID | None = Field(default_factory=current_causation_id)
 
     @field_validator("occurred_at")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing as t
 
 if t.TYPE_CHECKING:
-    from .bus import _Root
+    from .cascade import Cascade
     from .dead_letters import DeadLetter
     from .events import Event
 
@@ -15,25 +15,25 @@ __all__ = ["PublishResult"]
 class PublishResult:
     """The outcome of publishing one event.
 
-    ``event`` is the event as delivered: for an event published from inside
-    a handler, a copy carrying its ``causation_id`` and ``correlation_id``.
-    ``dead_letters`` holds the letters of this event and of every event its
-    handlers published, directly or not.
+    ``event`` is the event as delivered: for an event built outside a
+    handler and published from inside one, a copy carrying its
+    ``causation_id`` and ``correlation_id``. ``dead_letters`` holds the
+    letters of this event and of every event its handlers published,
+    directly or not.
 
     A result returned by a publish call made inside a handler is filled in
     as the cascade proceeds, and complete when the top-level call returns.
     """
 
-    # The underscored slots place the event in its cascade while it runs; one object per
-    # event instead of two keeps the publish path short.
-    __slots__ = ("_cascade", "_depth", "_parent", "dead_letters", "event")
+    # The underscored slots place the event in its cascade while it runs (the event whose
+    # handler published it, and the cascade): one object per event keeps publishing short.
+    __slots__ = ("_cascade", "_parent", "dead_letters", "event")
 
     def __init__(self, event: Event, dead_letters: list[DeadLetter] | None = None) -> None:
         self.event = event
         self.dead_letters: list[DeadLetter] = dead_letters if dead_letters is not None else []
-        self._cascade: _Root | None = None
-        self._depth = 0
         self._parent: PublishResult | None = None
+        self._cascade: Cascade | None = None
 
     @property
     def ok(self) -> bool:

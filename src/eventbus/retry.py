@@ -1,11 +1,17 @@
-"""RetryPolicy: how often a handler is attempted, which errors are worth it, how long to wait."""
+"""RetryPolicy: how often a handler is attempted, which errors are worth it, how long to wait.
+
+This is the whole retry core, and it does no I/O: :meth:`RetryPolicy.next_delay`
+answers, after a failed attempt, whether there is another and how long to
+wait for it. The bus's sync and async drivers (``eventbus.plans``) only call
+the handler, ask, and wait with the bus's clock.
+"""
 
 from __future__ import annotations
 
 import collections.abc as c
 import dataclasses
 import math
-import random
+import typing as t
 
 __all__ = ["RetryPolicy"]
 
@@ -72,23 +78,49 @@ class RetryPolicy:
                     f"got {value!r}"
                 )
 
-    def delays(self, rng: random.Random | None = None) -> c.Iterator[float]:
+    def delays(self, rng: _Random | None = None) -> c.Iterator[float]:
         """The waits before attempts 2..max_attempts, in seconds.
 
         Without ``rng`` the nominal schedule (no jitter), for docs and tests;
-        with one, the jittered waits the bus would use.
+        with one (anything with a ``random()`` method: a ``random.Random``, a
+        :class:`~eventbus.Clock`), the jittered waits the bus would use.
         """
-        delay = min(float(self.initial_delay), self.max_delay)
-        for _ in range(self.max_attempts - 1):
-            wait = delay
-            if self.jitter and rng is not None:
-                wait *= 1 + self.jitter * (2 * rng.random() - 1)
-            yield min(wait, self.max_delay)
-            delay = min(delay * self.backoff, self.max_delay)
+        for attempt in range(1, self.max_attempts):
+            yield self.wait_after(attempt, rng)
+
+    def next_delay(
+        self, attempt: int, error: BaseException, rng: _Random | None = None
+    ) -> float | None:
+        """After ``attempt`` (1 for the first) failed with ``error``: the wait before the next.
+
+        None means give up now: the attempts are used up, or ``error`` is not
+        worth retrying under this policy.
+
+        >>> RetryPolicy(max_attempts=3, initial_delay=0.5).next_delay(1, OSError())
+        0.5
+        >>> RetryPolicy(max_attempts=3).next_delay(3, OSError()) is None
+        True
+        """
+        if attempt >= self.max_attempts or not self.retries(error):
+            return None
+        return self.wait_after(attempt, rng)
+
+    def wait_after(self, attempt: int, rng: _Random | None = None) -> float:
+        """The wait after failed ``attempt``, before the next one (jittered if ``rng``)."""
+        nominal = min(float(self.initial_delay), self.max_delay)
+        for _ in range(attempt - 1):  # grown step by step, capped each time, as documented
+            nominal = min(nominal * self.backoff, self.max_delay)
+        if self.jitter and rng is not None:
+            nominal *= 1 + self.jitter * (2 * rng.random() - 1)
+        return float(min(nominal, self.max_delay))
 
     def retries(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt under this policy."""
         return isinstance(error, self.retry_on) and not isinstance(error, self.give_up_on)
+
+
+class _Random(t.Protocol):
+    def random(self) -> float: ...
 
 
 def finite_non_negative(value: object) -> bool:

@@ -13,8 +13,12 @@ or for every bus by leaving out ``sender``. Receivers are called
 synchronously, in the thread (or event loop) that is dispatching, with the
 keyword arguments listed below, in the order they were connected. A
 receiver that raises is logged on the ``eventbus`` logger and never breaks
-dispatch. A signal with no receivers
-costs the bus one attribute check.
+dispatch.
+
+A signal with no receiver for a bus costs that bus nothing: each bus knows
+which signals have receivers for it, kept up to date on every connect and
+disconnect (a receiver for another bus, or a disconnected one, does not
+slow it down), and compiles only those sends into its dispatch plans.
 
 Like every blinker signal, receivers are held by weak reference unless
 connected with ``weak=False``: a lambda or a local function connected with
@@ -23,12 +27,15 @@ the default goes away with its last reference.
 
 from __future__ import annotations
 
+import collections.abc as c
 import inspect
 import logging
 import typing as t
 import weakref
 
-from blinker import NamedSignal, Namespace
+from blinker import ANY, NamedSignal
+from blinker._utilities import make_id
+from blinker.base import ANY_ID
 
 __all__ = [
     "dead_letter_redriven",
@@ -42,9 +49,65 @@ __all__ = [
 
 logger = logging.getLogger("eventbus")
 
-_signals = Namespace()
 
-event_published: NamedSignal = _signals.signal(
+
+class HookSignal(NamedSignal):
+    """A blinker signal that tells the buses concerned when its receivers change.
+
+    A connect or disconnect for one bus (``sender=bus``) concerns that bus;
+    one for every sender (the default), every bus. The bus then recompiles
+    its plans on its next publish.
+    """
+
+    def connect(self, receiver: t.Any, sender: t.Any = ANY, weak: bool = True) -> t.Any:
+        connected = super().connect(receiver, sender, weak)
+        _changed(None if sender is ANY else make_id(sender))
+        return connected
+
+    # Every disconnect goes through here: disconnect(), and blinker's clean-up of a weakly
+    # held receiver that was garbage collected.
+    def _disconnect(self, receiver_id: c.Hashable, sender_id: c.Hashable) -> None:
+        super()._disconnect(receiver_id, sender_id)
+        _changed(None if sender_id == ANY_ID else sender_id)
+
+    def _clear_state(self) -> None:
+        super()._clear_state()
+        _changed(None)
+
+
+class Listener(t.Protocol):
+    """What a signal tells about its receivers changing (a bus)."""
+
+    def _hooks_changed(self) -> None: ...
+
+
+#: The buses alive, by the id blinker gives them as senders.
+_listeners: weakref.WeakValueDictionary[c.Hashable, Listener] = weakref.WeakValueDictionary()
+
+
+def watch(listener: Listener, /) -> None:
+    """Have ``listener._hooks_changed()`` called whenever receivers for it change."""
+    _listeners[make_id(listener)] = listener
+
+
+def _changed(sender_id: c.Hashable | None) -> None:
+    if sender_id is None:
+        for listener in list(_listeners.values()):
+            listener._hooks_changed()
+    else:
+        concerned = _listeners.get(sender_id)
+        if concerned is not None:
+            concerned._hooks_changed()
+
+
+def listened(sender: object, /) -> frozenset[NamedSignal]:
+    """The signals of this module that have at least one live receiver for ``sender``."""
+    return frozenset(
+        signal for signal in ALL if signal.receivers and any(signal.receivers_for(sender))
+    )
+
+
+event_published: NamedSignal = HookSignal(
     "event-published",
     doc="""An event was accepted by ``publish`` or ``publish_async``: ``event=``,
     ``publisher=`` (the name of the handler that published it, or None for a
@@ -57,42 +120,54 @@ event_published: NamedSignal = _signals.signal(
     """,
 )
 
-handler_succeeded: NamedSignal = _signals.signal(
+handler_succeeded: NamedSignal = HookSignal(
     "handler-succeeded",
     doc="""A handler finished an event: ``event=``, ``handler=`` (the subscription's
     name), ``attempts=`` (1 unless earlier attempts failed).""",
 )
 
-handler_failed: NamedSignal = _signals.signal(
+handler_failed: NamedSignal = HookSignal(
     "handler-failed",
     doc="""An attempt of a handler raised: ``event=``, ``handler=``, ``attempt=``
     (1 for the first), ``error=`` (the exception), ``final=`` (True when no
     attempt follows: the pair is about to be dead-lettered).""",
 )
 
-handler_retrying: NamedSignal = _signals.signal(
+handler_retrying: NamedSignal = HookSignal(
     "handler-retrying",
     doc="""A failed handler will be attempted again: ``event=``, ``handler=``,
     ``attempt=`` (the attempt that failed), ``error=``, ``delay=`` (seconds
     until the next attempt).""",
 )
 
-event_dead_lettered: NamedSignal = _signals.signal(
+event_dead_lettered: NamedSignal = HookSignal(
     "event-dead-lettered",
     doc="""A dead letter was made: ``dead_letter=``. Sent once per (event, handler)
     pair, after its last attempt; also for an unhandled event when the bus
     reports them.""",
 )
 
-event_unhandled: NamedSignal = _signals.signal(
+event_unhandled: NamedSignal = HookSignal(
     "event-unhandled",
     doc="""An event was published that no handler is subscribed to: ``event=``.""",
 )
 
-dead_letter_redriven: NamedSignal = _signals.signal(
+dead_letter_redriven: NamedSignal = HookSignal(
     "dead-letter-redriven",
     doc="""A dead letter was redriven: ``dead_letter=`` (as it was before),
     ``ok=`` (True: the handler succeeded and the letter was removed).""",
+)
+
+
+#: Every signal of this module.
+ALL: tuple[NamedSignal, ...] = (
+    event_published,
+    handler_succeeded,
+    handler_failed,
+    handler_retrying,
+    event_dead_lettered,
+    event_unhandled,
+    dead_letter_redriven,
 )
 
 
@@ -102,6 +177,8 @@ def send(signal: NamedSignal, sender: object, /, **kwargs: object) -> None:
     Log, never raise, their errors. (blinker itself calls them in set order,
     which changes from run to run.)
     """
+    if not signal.receivers:
+        return
     for receiver in _in_connection_order(signal, list(signal.receivers_for(sender))):
         try:
             returned = receiver(sender, **kwargs)

@@ -4,10 +4,14 @@
 implements, and one module per store beside them.
 """
 
+import typing as t
+
 from .letter import NO_HANDLER, DeadLetter, UndefinedEvent
 from .memory import InMemoryDeadLetterStore
 from .protocol import DeadLetterStore, DeadLetterStoreFullError
-from .sqlite import SQLiteDeadLetterStore
+
+if t.TYPE_CHECKING:
+    from .sqlite import SQLiteDeadLetterStore
 
 __all__ = [
     "NO_HANDLER",
@@ -18,3 +22,11 @@ __all__ = [
     "SQLiteDeadLetterStore",
     "UndefinedEvent",
 ]
+
+
+def __getattr__(name: str) -> t.Any:
+    if name == "SQLiteDeadLetterStore":  # sqlite3 is imported only by those who use it
+        from .sqlite import SQLiteDeadLetterStore
+
+        return SQLiteDeadLetterStore
+    raise AttributeError(f"module 'eventbus.dead_letters' has no attribute {name!r}")

@@ -64,6 +64,8 @@ class DeadLetter:
     event_type: str
     host: str = _HOST
     pid: int = dataclasses.field(default_factory=os.getpid)
+    # Random (UUID4), not time-ordered: the command line and traces name a letter by the
+    # first 8 characters of its id, which must differ between letters made together.
     id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
 
     @property
@@ -90,7 +92,7 @@ class DeadLetter:
             attempts=attempts,
             error_type=f"{kind.__module__}.{kind.__qualname__}",
             error_message=_bounded(describe(error), MAX_MESSAGE),
-            traceback=_bounded("".join(tb.format_exception(error)), MAX_TRACEBACK),
+            traceback=_bounded(format_traceback(error), MAX_TRACEBACK),
             failed_at=failed_at,
             first_failed_at=first_failed_at or failed_at,
             event_type=event.event_type,
@@ -104,6 +106,31 @@ class DeadLetter:
             self.event, self.handler, self.attempts + attempts, error, failed_at=failed_at
         )
         return dataclasses.replace(again, first_failed_at=self.first_failed_at, id=self.id)
+
+
+def format_traceback(error: BaseException) -> str:
+    """``error``'s traceback, as ``traceback.format_exception`` prints it, without the carets.
+
+    Python 3.11 underlines the failing part of each line (``^^^^``), which it
+    finds by parsing every line of the stack again: most of the cost of a
+    dead letter, for marks that the line's text already shows.
+    """
+    formatted = tb.TracebackException.from_exception(error)
+    seen: set[int] = set()
+    pending = [formatted]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for frame in current.stack:
+            frame.colno = None
+        pending.extend(
+            linked
+            for linked in (current.__cause__, current.__context__, *(current.exceptions or ()))
+            if linked is not None
+        )
+    return "".join(formatted.format())
 
 
 def describe(error: BaseException) -> str:

@@ -4,9 +4,10 @@ A registry can be filled without a bus (``cart = HandlerRegistry()``,
 ``@cart.subscribe``) and added to one later with ``bus.include(cart)``.
 :class:`~eventbus.EventBus` is itself a registry.
 
-The plan of an event class (which handlers, in which order) is computed on
-the first publish of that class and cached until the next subscribe,
-include or unsubscribe, so publishing never walks the subscriptions.
+Which subscriptions an event class goes to, in delivery order, is computed
+on the first publish of that class and cached until the next subscribe,
+include or unsubscribe, so publishing never walks the subscriptions (a bus
+compiles its dispatch plans from it: ``eventbus.plans``).
 """
 
 from __future__ import annotations
@@ -28,25 +29,6 @@ P = t.ParamSpec("P")
 R = t.TypeVar("R")
 
 
-Entry: t.TypeAlias = tuple[Subscription, RetryPolicy | None, bool]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Plan:
-    """Who handles one event class, in delivery order; built once per class."""
-
-    subscriptions: tuple[Subscription, ...]
-    #: Each subscription with its retry policy (the bus default filled in; None: one
-    #: attempt) and whether it can be called inline: one attempt, no timeout, no thread.
-    entries: tuple[Entry, ...]
-    #: The same entries grouped by priority, highest first (for concurrent dispatch).
-    priority_groups: tuple[tuple[Entry, ...], ...]
-    has_async: bool
-    #: When every handler can be called inline (one attempt, no timeout, no thread):
-    #: (handler, subscription, is_async) for the shortest path through publish. Else None.
-    inline: tuple[tuple[c.Callable[[t.Any], t.Any], Subscription, bool], ...] | None = None
-
-
 class HandlerRegistry:
     """A set of handler subscriptions, usable on its own or as part of a bus."""
 
@@ -54,8 +36,8 @@ class HandlerRegistry:
         self._subscriptions: list[Subscription] = []
         self._sequence = itertools.count()
         self._lock = threading.RLock()
-        self._plans: dict[type, Plan] = {}
-        self._default_retry: RetryPolicy | None = None
+        # Per event class: its subscriptions in delivery order.
+        self._plans: dict[type, tuple[Subscription, ...]] = {}
 
     # -- registering ---------------------------------------------------------------
 
@@ -188,7 +170,7 @@ class HandlerRegistry:
                 self._check_not_subscribed(sub)
             for sub in incoming:
                 self._subscriptions.append(dataclasses.replace(sub, sequence=next(self._sequence)))
-            self._plans = {}
+            self._invalidate()
 
     def unsubscribe(
         self, handler: c.Callable[..., object], /, event_type: type[Event] | None = None
@@ -217,7 +199,7 @@ class HandlerRegistry:
                             keep.append(dataclasses.replace(sub, event_types=rest))
                 keep.sort(key=lambda s: s.sequence)
             self._subscriptions = keep
-            self._plans = {}
+            self._invalidate()
 
     # -- introspection -------------------------------------------------------------
 
@@ -229,7 +211,7 @@ class HandlerRegistry:
 
     def subscriptions_for(self, event_class: type[Event], /) -> tuple[Subscription, ...]:
         """The subscriptions an event of ``event_class`` goes to, in delivery order."""
-        return self._plan(event_class).subscriptions
+        return self._plan(event_class)
 
     # -- internals -----------------------------------------------------------------
 
@@ -257,7 +239,7 @@ class HandlerRegistry:
             )
             self._check_not_subscribed(sub)
             self._subscriptions.append(sub)
-            self._plans = {}
+            self._invalidate()
 
     def _check_not_subscribed(self, new: Subscription) -> None:
         """Refuse a handler that would run twice for one event."""
@@ -278,8 +260,12 @@ class HandlerRegistry:
                             "twice?)"
                         )
 
-    def _plan(self, event_class: type) -> Plan:
-        """The cached plan for ``event_class``, built on first use."""
+    def _invalidate(self) -> None:
+        """The subscriptions changed: forget every cached order (the lock is held)."""
+        self._plans = {}
+
+    def _plan(self, event_class: type) -> tuple[Subscription, ...]:
+        """The subscriptions of ``event_class``, in delivery order; cached."""
         plan = self._plans.get(event_class)
         if plan is not None:
             return plan
@@ -289,34 +275,11 @@ class HandlerRegistry:
                 "define the payload as a class MyEvent(Event) and publish MyEvent(...)"
             )
         with self._lock:  # built under the lock so a concurrent subscribe cannot go unseen
-            subs = sorted(
-                (s for s in self._subscriptions if s.receives(event_class)),
-                key=lambda s: (-s.priority, s.sequence),
+            plan = tuple(
+                sorted(
+                    (s for s in self._subscriptions if s.receives(event_class)),
+                    key=lambda s: (-s.priority, s.sequence),
+                )
             )
-            plan = self._plan_of(subs)
             self._plans[event_class] = plan
             return plan
-
-    def _plan_of(self, subs: c.Sequence[Subscription]) -> Plan:
-        """The plan for ``subs``, already in delivery order."""
-        entries: list[Entry] = []
-        for sub in subs:
-            policy = _effective(sub.retry or self._default_retry)
-            fast = policy is None and sub.timeout is None and not sub.run_in_thread
-            entries.append((sub, policy, fast))
-        return Plan(
-            subscriptions=tuple(subs),
-            entries=tuple(entries),
-            priority_groups=tuple(
-                tuple(group) for _, group in itertools.groupby(entries, key=lambda e: e[0].priority)
-            ),
-            has_async=any(s.is_async for s in subs),
-            inline=tuple((s.handler, s, s.is_async) for s, _, _ in entries)
-            if entries and all(fast for _, _, fast in entries)
-            else None,
-        )
-
-
-def _effective(policy: RetryPolicy | None) -> RetryPolicy | None:
-    """None when the policy allows only one attempt, so the hot path skips retry logic."""
-    return policy if policy is not None and policy.max_attempts > 1 else None

@@ -1,0 +1,446 @@
+"""Plans: who handles one event class, compiled once into the functions that deliver to them.
+
+A plan is compiled on the first publish of an event class after anything
+that changes it: a subscribe, include or unsubscribe, a middleware added or
+removed, a hook receiver connected or disconnected for the bus. Compiling
+is the only place where a path is chosen. Each subscription becomes either
+a *plain* step, its handler called straight from the plan's loop (one
+attempt, no timeout, no thread, no middleware), or a *runner*: its handler
+behind the middleware chain that applies to it, driven by the retry
+driver. Delivering an event is then a loop over ready steps.
+
+The retry drivers (:func:`_runner`, :func:`_runner_async`) differ only in
+how they call the handler and how they wait; what to do after a failure is
+:func:`_after_failure`, and when to try again is the policy's
+``next_delay``.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import dataclasses
+import inspect
+import itertools
+import sys
+import typing as t
+
+from . import failures, signals
+from .context import publisher
+from .errors import HandlerTimeoutError, SyncPublishError
+from .middleware import HandlerCall, Middleware, chain, chain_async
+
+if t.TYPE_CHECKING:
+    from .bus import EventBus
+    from .events import Event
+    from .handlers.subscription import Subscription
+    from .results import PublishResult
+    from .retry import RetryPolicy
+    from .transport import Publish, PublishAsync
+
+__all__ = ["Plan", "compile_plan", "loop_is_running"]
+
+Deliver: t.TypeAlias = c.Callable[["PublishResult"], None]
+DeliverAsync: t.TypeAlias = c.Callable[["PublishResult"], c.Awaitable[None]]
+
+
+def _unbound(event: Event, /) -> PublishResult:
+    raise RuntimeError("this plan was not bound to a transport")
+
+
+async def _unbound_async(event: Event, /) -> PublishResult:
+    raise RuntimeError("this plan was not bound to a transport")
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Plan:
+    """The compiled dispatch of one event class on one bus.
+
+    ``publish`` and ``publish_async`` are what ``bus.publish(event)`` and
+    ``bus.publish_async(event)`` call: the bus's :class:`~eventbus.Transport`
+    made them for this plan (:meth:`~eventbus.Transport.bind`).
+    ``deliver`` and ``deliver_async`` run the handlers on one event (a
+    node of a cascade, its :class:`~eventbus.PublishResult`) where it is
+    delivered.
+    """
+
+    subscriptions: tuple[Subscription, ...]
+    #: Deliver one event (one node of a cascade) to every subscription, on the sync path.
+    deliver: Deliver
+    #: The same on the async path.
+    deliver_async: DeliverAsync
+    #: Some handler is async: ``publish`` must run an event loop for it.
+    has_async: bool
+    #: Someone listens to ``event_published`` for this bus.
+    announce: bool
+    publish: Publish = dataclasses.field(default=_unbound)
+    publish_async: PublishAsync = dataclasses.field(default=_unbound_async)
+
+
+def compile_plan(
+    bus: EventBus,
+    subscriptions: c.Sequence[Subscription],
+    middleware: c.Sequence[Middleware],
+    default_retry: RetryPolicy | None,
+    *,
+    redrive: bool = False,
+) -> Plan:
+    """Compile the plan of ``subscriptions`` (already in delivery order) for ``bus``."""
+    listened = signals.listened(bus)
+    sync_steps: list[tuple[c.Callable[[t.Any], t.Any], Subscription, Deliver | None]] = []
+    async_steps: list[
+        tuple[c.Callable[[t.Any], t.Any], Subscription, bool, DeliverAsync | None]
+    ] = []
+    async_runners: list[tuple[int, DeliverAsync]] = []
+    for sub in subscriptions:
+        policy = sub.retry or default_retry
+        if policy is not None and policy.max_attempts == 1:
+            policy = None  # one attempt: nothing to retry, the plain path may take it
+        layers: list[Middleware] = [_HOOKS] if listened else []
+        layers += [m for m in middleware if m.applies_to(sub)]
+        plain = policy is None and not layers and sub.timeout is None and not sub.run_in_thread
+        if plain and not sub.is_async:
+            sync_steps.append((sub.handler, sub, None))
+        else:
+            sync_steps.append((sub.handler, sub, _runner(bus, sub, policy, layers, redrive)))
+        runner = _runner_async(bus, sub, policy, layers, redrive)
+        async_runners.append((sub.priority, runner))
+        async_steps.append((sub.handler, sub, sub.is_async, None if plain else runner))
+    deliver: Deliver
+    deliver_async: DeliverAsync
+    if not subscriptions:
+
+        def deliver_unhandled(node: PublishResult) -> None:
+            _unhandled(bus, node)
+
+        async def deliver_unhandled_async(node: PublishResult) -> None:
+            _unhandled(bus, node)
+
+        deliver, deliver_async = deliver_unhandled, deliver_unhandled_async
+    else:
+        deliver = _sync_loop(bus, tuple(sync_steps))
+        if bus.concurrent and len({priority for priority, _ in async_runners}) < len(async_runners):
+            deliver_async = _concurrent_loop(async_runners)
+        else:
+            deliver_async = _async_loop(bus, tuple(async_steps))
+    return Plan(
+        subscriptions=tuple(subscriptions),
+        deliver=deliver,
+        deliver_async=deliver_async,
+        has_async=any(sub.is_async for sub in subscriptions),
+        announce=signals.event_published in listened,
+    )
+
+
+def loop_is_running() -> bool:
+    """Whether an asyncio event loop runs in this thread (asyncio is not imported for it)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and asyncio.events._get_running_loop() is not None
+
+
+# -- the loops: one per path, over the steps compiled above --------------------------------
+
+
+def _sync_loop(
+    bus: EventBus,
+    steps: tuple[tuple[c.Callable[[t.Any], t.Any], Subscription, Deliver | None], ...],
+) -> Deliver:
+    gave_up = failures.gave_up
+
+    def deliver(node: PublishResult) -> None:
+        event = node.event
+        for handler, sub, run in steps:
+            if run is not None:
+                run(node)
+                continue
+            try:
+                returned = handler(event)
+                if returned is not None:
+                    _refuse_awaitable(sub, returned)
+            except Exception as error:
+                gave_up(bus, node, sub, 1, error)
+
+    return deliver
+
+
+def _async_loop(
+    bus: EventBus,
+    steps: tuple[tuple[c.Callable[[t.Any], t.Any], Subscription, bool, DeliverAsync | None], ...],
+) -> DeliverAsync:
+    gave_up = failures.gave_up
+
+    async def deliver_async(node: PublishResult) -> None:
+        event = node.event
+        for handler, sub, is_async, run in steps:
+            if run is not None:
+                await run(node)
+                continue
+            try:
+                if is_async:
+                    await handler(event)
+                else:
+                    returned = handler(event)
+                    if returned is not None:
+                        _refuse_awaitable(sub, returned)
+            except Exception as error:
+                gave_up(bus, node, sub, 1, error)
+
+    return deliver_async
+
+
+def _concurrent_loop(runners: list[tuple[int, DeliverAsync]]) -> DeliverAsync:
+    """Handlers of equal priority run concurrently; priority groups one after another."""
+    groups = tuple(
+        tuple(run for _, run in group)
+        for _, group in itertools.groupby(runners, key=lambda item: item[0])
+    )
+
+    async def deliver_async(node: PublishResult) -> None:
+        for group in groups:
+            if len(group) == 1:
+                await group[0](node)
+            else:
+                await _gather_or_cancel([run(node) for run in group])
+
+    return deliver_async
+
+
+# -- the retry drivers: call, ask the policy, wait -----------------------------------------
+
+
+def _runner(
+    bus: EventBus,
+    sub: Subscription,
+    policy: RetryPolicy | None,
+    layers: list[Middleware],
+    redrive: bool,
+) -> Deliver:
+    """Run ``sub`` on one event with its retries, on the sync path."""
+    call = chain(layers, _sync_call(sub))
+    is_async = sub.is_async
+
+    def run(node: PublishResult) -> None:
+        handler_call = HandlerCall(bus, sub, node, 1, redrive)
+        if is_async and loop_is_running():
+            _cannot_run_here(bus, node, sub)
+            return
+        while True:
+            try:
+                call(node.event, handler_call)
+            except Exception as error:
+                delay = _after_failure(handler_call, error, policy)
+                if delay is None:
+                    return
+                bus.clock.sleep(delay)
+                handler_call.attempt += 1
+            else:
+                return
+
+    return run
+
+
+def _runner_async(
+    bus: EventBus,
+    sub: Subscription,
+    policy: RetryPolicy | None,
+    layers: list[Middleware],
+    redrive: bool,
+) -> DeliverAsync:
+    """Run ``sub`` on one event with its retries, on the async path."""
+    call = chain_async(layers, _async_call(sub))
+
+    async def run(node: PublishResult) -> None:
+        handler_call = HandlerCall(bus, sub, node, 1, redrive)
+        while True:
+            try:
+                await call(node.event, handler_call)
+            except Exception as error:
+                delay = _after_failure(handler_call, error, policy)
+                if delay is None:
+                    return
+                await bus.clock.sleep_async(delay)
+                handler_call.attempt += 1
+            else:
+                return
+
+    return run
+
+
+def _after_failure(call: HandlerCall, error: Exception, policy: RetryPolicy | None) -> float | None:
+    """Record a failed attempt; return the wait before the next one, or None: dead-lettered."""
+    bus = call.bus
+    if call._first_failure is None:
+        call._first_failure = bus.clock.now()
+    delay = None if policy is None else policy.next_delay(call.attempt, error, bus.clock)
+    if delay is None:
+        failures.gave_up(
+            bus, call.result, call.subscription, call.attempt, error, call._first_failure, policy
+        )
+    else:
+        failures.attempt_failed(bus, call.result, call.subscription, call.attempt, error, delay)
+    return delay
+
+
+# -- the innermost call of each kind of handler on each path -------------------------------
+
+
+def _sync_call(sub: Subscription) -> c.Callable[[Event, HandlerCall], None]:
+    handler = sub.handler
+    if not sub.is_async:
+
+        def call(event: Event, handler_call: HandlerCall) -> None:
+            returned = handler(event)
+            if returned is not None:
+                _refuse_awaitable(sub, returned)
+
+        return call
+    attempt = _async_call(sub)
+
+    def run_coroutine(event: Event, handler_call: HandlerCall) -> None:
+        cascade = handler_call.result._cascade
+        assert cascade is not None
+        cascade.run_coroutine(attempt(event, handler_call))
+
+    return run_coroutine
+
+
+def _async_call(
+    sub: Subscription,
+) -> c.Callable[[Event, HandlerCall], c.Coroutine[t.Any, t.Any, None]]:
+    # Subscription.create checked that an async subscription's handler returns an awaitable.
+    handler = t.cast(c.Callable[["Event"], c.Awaitable[object]], sub.handler)
+    timeout = sub.timeout
+    if sub.is_async and timeout is None:
+
+        async def call(event: Event, handler_call: HandlerCall) -> None:
+            await handler(event)
+
+        return call
+    if sub.is_async:
+        assert timeout is not None
+
+        async def call_with_timeout(event: Event, handler_call: HandlerCall) -> None:
+            import asyncio
+
+            try:
+                async with asyncio.timeout(timeout) as scope:
+                    await handler(event)
+            except TimeoutError:
+                if scope.expired():
+                    raise HandlerTimeoutError(
+                        f"{sub.name} did not finish within its timeout of {timeout:g}s; "
+                        "the attempt was cancelled"
+                    ) from None
+                raise
+
+        return call_with_timeout
+    sync_handler = sub.handler
+    if sub.run_in_thread:
+
+        async def call_in_thread(event: Event, handler_call: HandlerCall) -> None:
+            import asyncio
+
+            returned = await asyncio.to_thread(sync_handler, event)
+            if returned is not None:
+                _refuse_awaitable(sub, returned)
+
+        return call_in_thread
+
+    async def call_sync(event: Event, handler_call: HandlerCall) -> None:
+        returned = sync_handler(event)
+        if returned is not None:
+            _refuse_awaitable(sub, returned)
+
+    return call_sync
+
+
+# -- hooks: the lifecycle signals that wrap a handler's call --------------------------------
+
+
+class _Hooks(Middleware):
+    """Says who publishes, and sends ``handler_succeeded``, on a bus that someone listens to.
+
+    Compiled into a plan only while some signal has a receiver for the bus,
+    so a bus that nobody listens to pays nothing. Once in, it looks at the
+    receivers when each run ends, so a receiver connected while a handler
+    runs (a ``Trace`` opened inside a handler) still hears it finish.
+    """
+
+    __slots__ = ()
+
+    def handle(
+        self, call_next: c.Callable[[Event, HandlerCall], None], event: Event, call: HandlerCall, /
+    ) -> None:
+        token = publisher.set(call.subscription.name)
+        try:
+            call_next(event, call)
+        finally:
+            publisher.reset(token)
+        _succeeded(event, call)
+
+    async def handle_async(
+        self,
+        call_next: c.Callable[[Event, HandlerCall], c.Awaitable[None]],
+        event: Event,
+        call: HandlerCall,
+        /,
+    ) -> None:
+        token = publisher.set(call.subscription.name)
+        try:
+            await call_next(event, call)
+        finally:
+            publisher.reset(token)
+        _succeeded(event, call)
+
+
+_HOOKS = _Hooks()
+
+
+def _succeeded(event: Event, call: HandlerCall) -> None:
+    signals.send(
+        signals.handler_succeeded,
+        call.bus,
+        event=event,
+        handler=call.subscription.name,
+        attempts=call.attempt,
+    )
+
+
+# -- small things the paths share ---------------------------------------------------------
+
+
+def _unhandled(bus: EventBus, node: PublishResult) -> None:
+    cascade = node._cascade  # the root of a redrive was dead-lettered before: report it again
+    redriving = cascade is not None and cascade.redriving is not None and node._parent is None
+    failures.unhandled(bus, node, report=bus.report_unhandled or redriving)
+
+
+def _cannot_run_here(bus: EventBus, node: PublishResult, sub: Subscription) -> None:
+    error = SyncPublishError(
+        f"{sub.name} is async and the event was published with publish() inside a "
+        "running event loop; publish with `await bus.publish_async(...)`"
+    )
+    failures.gave_up(bus, node, sub, 0, error)
+
+
+def _refuse_awaitable(sub: Subscription, returned: object) -> None:
+    """A sync handler that returns an awaitable would otherwise be silently skipped."""
+    if inspect.isawaitable(returned):
+        if inspect.iscoroutine(returned):
+            returned.close()
+        raise TypeError(
+            f"{sub.name} returned an awaitable ({type(returned).__name__}) that nobody would "
+            "await: the bus saw a sync function; declare the handler with `async def`"
+        )
+
+
+async def _gather_or_cancel(coroutines: list[c.Awaitable[None]]) -> None:
+    """Run concurrently; if one raises past its own error handling, cancel the rest."""
+    import asyncio
+
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
