@@ -1,22 +1,26 @@
 """Trace: the tree and the diagram of what a bus dispatched, recorded from its signals.
 
-Every bus here is given ``sleep``/``async_sleep`` that return at once, so
-retries never wait. The shop's handlers are methods, as in an application;
-``SyncShop`` and ``AsyncShop`` are the same logic as ``def`` and ``async def``
-handlers, so one expected tree covers both, on every dispatch path.
+Every bus here is given a clock whose waits return at once
+(``tests.clocks.TestClock``), so retries never wait. The shop's handlers are
+methods, as in an application; ``SyncShop`` and ``AsyncShop`` are the same
+logic as ``def`` and ``async def`` handlers, so one expected tree covers
+both, on every dispatch path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections.abc as c
+import contextlib
 import dataclasses
+import gc
 import logging
 import pathlib
 import re
 import threading
 import typing as t
 import uuid
+import weakref
 
 import pytest
 
@@ -35,6 +39,7 @@ from eventbus import (
     TracedHandler,
     signals,
 )
+from tests.clocks import TestClock
 
 
 class OrderPlaced(Event):
@@ -67,16 +72,21 @@ def receivers_never_raise(
         assert [r.getMessage() for r in caplog.records if "signal receiver" in r.getMessage()] == []
 
 
-def make_bus(mode: str = "sync", **options: t.Any) -> EventBus:
-    async def no_wait(delay: float) -> None:
-        return None
+@pytest.fixture
+def traces() -> c.Iterator[list[Trace]]:
+    """Where a test keeps the traces it opens without a ``with`` block.
 
-    return EventBus(
-        sleep=lambda delay: None,
-        async_sleep=no_wait,
-        concurrent=mode == "concurrent",
-        **options,
-    )
+    Each is closed after the test, even one that failed before closing it,
+    so that no trace's receivers stay connected to the signals.
+    """
+    opened: list[Trace] = []
+    yield opened
+    for trace in opened:
+        trace.close()
+
+
+def make_bus(mode: str = "sync", **options: t.Any) -> EventBus:
+    return EventBus(clock=TestClock(), concurrent=mode == "concurrent", **options)
 
 
 def publish(bus: EventBus, event: Event, mode: str) -> PublishResult:
@@ -668,9 +678,10 @@ def test_mermaid_ids_are_valid_distinct_and_labels_escaped() -> None:
 # -- recording: start, stop, scope ---------------------------------------------------------------
 
 
-def test_close_stops_recording_and_keeps_what_was_recorded() -> None:
+def test_close_stops_recording_and_keeps_what_was_recorded(traces: list[Trace]) -> None:
     bus, _, prefix = open_shop()
     trace = Trace(bus)
+    traces.append(trace)
     assert trace.recording
     assert trace.bus is bus
     bus.publish(OrderPlaced())
@@ -683,6 +694,20 @@ def test_close_stops_recording_and_keeps_what_was_recorded() -> None:
     assert trace.render(strip_prefix=prefix) == before
     for name in signals.__all__:
         assert list(getattr(signals, name).receivers_for(bus)) == []
+
+
+def test_a_closed_trace_leaves_no_receiver_connected_and_can_be_freed() -> None:
+    hooks = {name: getattr(signals, name) for name in signals.__all__}
+    assert not any(signal.receivers for signal in hooks.values())  # nothing left by others
+    bus, _, _ = open_shop()
+    with Trace(bus) as trace:
+        bus.publish(OrderPlaced())
+    for name, signal in hooks.items():
+        assert not signal.receivers, name  # not only unlinked from the bus
+    ref = weakref.ref(trace)
+    del trace
+    gc.collect()
+    assert ref() is None  # no signal keeps a closed trace alive
 
 
 def test_context_manager_records_inside_the_block_only() -> None:
@@ -737,14 +762,16 @@ def test_a_receiver_error_never_breaks_dispatch(
 
     bus, shop, _ = open_shop()
     trace = Trace(bus)
-    monkeypatch.setattr(trace, "_lock", BrokenLock())
-    with caplog.at_level(logging.ERROR, logger="eventbus"):
-        result = bus.publish(OrderPlaced())
+    try:
+        monkeypatch.setattr(trace, "_lock", BrokenLock())
+        with caplog.at_level(logging.ERROR, logger="eventbus"):
+            result = bus.publish(OrderPlaced())
+    finally:
+        monkeypatch.undo()  # close() takes the real lock
+        trace.close()
     assert [letter.handler.rsplit(".", 1)[-1] for letter in result.dead_letters] == ["charge"]
     assert shop.notify_failures == 0
     assert any("signal receiver" in r.getMessage() for r in caplog.records)
-    monkeypatch.undo()
-    trace.close()
 
 
 def test_eventbus_exports_the_tracing_api() -> None:
@@ -769,10 +796,11 @@ def test_snapshots_are_frozen_and_fresh() -> None:
 # -- where events come from ----------------------------------------------------------------------
 
 
-def test_a_snapshot_taken_while_a_handler_runs_shows_it_running() -> None:
+def test_a_snapshot_taken_while_a_handler_runs_shows_it_running(traces: list[Trace]) -> None:
     bus = make_bus()
     seen: list[str] = []
     trace = Trace(bus)
+    traces.append(trace)
 
     @bus.subscribe
     def start(event: OrderPlaced) -> None:
@@ -786,9 +814,20 @@ def test_a_snapshot_taken_while_a_handler_runs_shows_it_running() -> None:
     assert trace.roots[0].handlers[0].outcome == "succeeded"
 
 
-def test_a_trace_started_inside_a_handler_still_places_what_follows() -> None:
+@pytest.mark.parametrize("observed", [True, False], ids=["observed", "unobserved"])
+def test_a_trace_started_inside_a_handler_still_places_what_follows(
+    observed: bool, traces: list[Trace]
+) -> None:
+    """The trace never hears ``start`` begin, yet what ``start`` publishes goes under it.
+
+    For that the bus must name the publisher of each event, which it does
+    only if ``event_published`` had a receiver when the handler started
+    (here, one the application connected before publishing). Without one,
+    the bus never says that ``start`` published ``StockReserved`` (nor that
+    ``start`` ran): the trace can only show ``StockReserved`` as a root,
+    still with its handlers.
+    """
     bus = make_bus()
-    traces: list[Trace] = []
 
     @bus.subscribe
     def start(event: OrderPlaced) -> None:
@@ -798,12 +837,22 @@ def test_a_trace_started_inside_a_handler_still_places_what_follows() -> None:
     @bus.subscribe
     def reserved(event: StockReserved) -> None: ...
 
-    bus.publish(OrderPlaced())
+    def listening(sender: EventBus, **kwargs: object) -> None: ...
+
+    with contextlib.ExitStack() as stack:
+        if observed:
+            stack.enter_context(signals.event_published.connected_to(listening, sender=bus))
+        bus.publish(OrderPlaced())
     [trace] = traces
     trace.close()
-    assert trace.render(
+    tree = trace.render(
         strip_prefix=within(test_a_trace_started_inside_a_handler_still_places_what_follows)
-    ) == ("OrderPlaced\n└── start ✓\n    └── StockReserved\n        └── reserved ✓")
+    )
+    placed = "OrderPlaced\n└── start ✓\n    └── StockReserved\n        └── reserved ✓"
+    if observed:
+        assert tree == placed
+    else:  # a bus that always notes who publishes would place it too
+        assert tree in {placed, "StockReserved\n└── reserved ✓"}
 
 
 def test_an_event_whose_causation_id_was_set_by_hand_is_a_root_naming_its_publisher() -> None:
@@ -961,9 +1010,8 @@ def test_redrive_all_of_two_letters_of_one_event_makes_one_root_each(mode: str) 
     assert redrove_one.event is redrove_two.event is one.event
 
 
-def test_a_trace_started_between_a_failure_and_its_retry() -> None:
+def test_a_trace_started_between_a_failure_and_its_retry(traces: list[Trace]) -> None:
     bus = make_bus()
-    traces: list[Trace] = []
     calls: list[int] = []
 
     def start_tracing(sender: EventBus, **kwargs: object) -> None:
@@ -988,9 +1036,10 @@ def test_a_trace_started_between_a_failure_and_its_retry() -> None:
     )
 
 
-def test_repr_says_whether_it_records() -> None:
+def test_repr_says_whether_it_records(traces: list[Trace]) -> None:
     bus = make_bus()
     trace = Trace(bus)
+    traces.append(trace)
     bus.publish(Unwatched())
     assert repr(trace) == f"<Trace recording roots=1 bus={bus!r}>"
     trace.close()

@@ -1,119 +1,38 @@
-"""Trace: record what a bus dispatches, as it happens, and show it as a tree or a diagram.
+"""The recorder: :class:`Trace`, which listens to a bus's signals and keeps what they say.
 
-A :class:`Trace` listens to the bus's lifecycle signals (``eventbus.signals``)
-and builds the cascade they describe: each event, the handlers that ran on
-it with their outcome, failed attempts and retries, dead letters, and the
-events each handler published, under that handler. ``render()`` prints the
-record as an indented tree for a terminal; ``mermaid()`` draws which handler
-consumed which event type and published which, for a diagram that can be
-committed and compared with a freshly generated one::
-
-    with Trace(bus) as trace:
-        bus.publish(CheckoutRequested(cart_id="c1"))
-    print(trace.render())
-
-A trace keeps every event it records (and the records of their handlers)
-until it is cleared or dropped: it grows with what it records. Close it, or
-use it as a context manager, when you are done: an open trace's receivers
-stay connected, and keep it alive, for as long as the bus lives.
+Its receivers run in the dispatching thread and, under one lock, place each
+signal in a tree of mutable records (``_Node`` per event, ``_Run`` per
+handler run, ``_Failure`` per failed attempt). :attr:`Trace.roots` copies
+that tree into the frozen dataclasses of :mod:`.records`; the text tree and
+the diagram are drawn from such a copy by :mod:`.tree` and :mod:`.mermaid`.
 """
 
 from __future__ import annotations
 
 import collections
 import collections.abc as c
-import dataclasses
-import re
 import threading
 import types
 import typing as t
 import uuid
 
-from blinker import NamedSignal
+from .. import signals
+from ..dead_letters import NO_HANDLER, DeadLetter
+from ..dead_letters.letter import describe
+from ..events import Event
+from . import mermaid as _mermaid
+from . import tree as _tree
+from .records import Outcome, TracedEvent, TracedFailure, TracedHandler
 
-from . import signals
-from .bus import EventBus
-from .dead_letters import NO_HANDLER, DeadLetter
-from .dead_letters.letter import describe
-from .events import Event
+if t.TYPE_CHECKING:
+    from blinker import NamedSignal
 
-__all__ = ["Outcome", "Trace", "TracedEvent", "TracedFailure", "TracedHandler"]
+    from ..bus import EventBus
 
-#: How a handler's run on an event ended: it finished, it ended as a dead letter, or it has
-#: not ended yet (a trace looked at while the event is being dispatched).
-Outcome: t.TypeAlias = t.Literal["succeeded", "dead-lettered", "running"]
+__all__ = ["Trace"]
 
 #: What a trace keeps of one failure's message (the dead letter keeps the full one).
 _MAX_MESSAGE = 2_000
-#: What ``render`` shows of one failure's message: its first line, at most this long.
-_SHOWN_MESSAGE = 120
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TracedFailure:
-    """One failed attempt of a handler on an event.
-
-    ``error_type`` is the exception's ``"module.QualName"`` (as in
-    :class:`DeadLetter`), ``message`` its ``str()`` (at most 2,000
-    characters); ``delay`` is the wait, in seconds, before the next attempt,
-    or ``None`` when no attempt followed (the handler was dead-lettered).
-    """
-
-    attempt: int
-    error_type: str
-    message: str
-    delay: float | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TracedHandler:
-    """One handler's run on one event, as recorded.
-
-    ``name`` is the subscription's name (``module.QualName``); ``outcome``
-    says how the run ended; ``attempts`` counts the attempts of this run (0
-    when the handler could not be run at all); ``failures`` lists its failed
-    attempts in order; ``dead_letter`` is the letter it ended as, if it did;
-    ``redrive`` is True when the run came from ``bus.redrive`` of a dead
-    letter; ``children`` are the events the handler published, in order
-    (each is also in the event's ``children``).
-
-    An unhandled event that became a dead letter
-    (``EventBus(report_unhandled=True)``) has one entry named
-    :data:`NO_HANDLER`, with 0 attempts, that holds the letter.
-    """
-
-    name: str
-    outcome: Outcome
-    attempts: int
-    failures: list[TracedFailure]
-    dead_letter: DeadLetter | None
-    redrive: bool
-    children: list[TracedEvent]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TracedEvent:
-    """One event as dispatched, with what happened to it.
-
-    ``event`` is the event as delivered (a child with its causation and
-    correlation ids set); ``publisher`` is the name of the handler that
-    published it, ``None`` for a top-level publish; ``handlers`` are the
-    handlers' runs, in the order they started; ``children`` are the events
-    those handlers published, in the order they were published.
-    ``publisher_attempt`` is the attempt of the publisher that published it
-    (a handler that fails after publishing publishes again on its next
-    attempt). ``unhandled`` is True when no handler was subscribed to the
-    event. ``redrive_of`` is, on a root made by ``bus.redrive``, the dead
-    letter redriven, as it was before the redrive (set when the redrive ends).
-    """
-
-    event: Event
-    publisher: str | None
-    handlers: list[TracedHandler]
-    children: list[TracedEvent]
-    publisher_attempt: int | None = None
-    unhandled: bool = False
-    redrive_of: DeadLetter | None = None
 
 
 class Trace:
@@ -137,9 +56,20 @@ class Trace:
     (methods of two instances of one class) cannot be told apart.
     """
 
-    __slots__ = ("_bus", "_by_event", "_by_id", "_closed", "_lock", "_pending", "_roots")
+    __slots__ = (
+        "__weakref__",  # so that one can check that a closed trace is freed
+        "_bus",
+        "_by_event",
+        "_by_id",
+        "_closed",
+        "_lock",
+        "_pending",
+        "_roots",
+    )
 
     def __init__(self, bus: EventBus) -> None:
+        from ..bus import EventBus  # here, not at the top: `import eventbus` stays light
+
         if not isinstance(bus, EventBus):
             raise TypeError(f"Trace records an EventBus, got {bus!r}")
         self._bus = bus
@@ -194,11 +124,7 @@ class Trace:
         says which dead letter it redrove. ``ids=True`` adds each event's
         short id (the first 8 characters of its ``event_id``).
         """
-        roots = self.roots
-        lines: list[str] = []
-        for root in roots:
-            _render_event(root, "", "", lines, root=True, ids=ids, strip_prefix=strip_prefix)
-        return "\n".join(lines)
+        return _tree.render(self.roots, ids=ids, strip_prefix=strip_prefix)
 
     def mermaid(self, *, strip_prefix: str = "") -> str:
         """A Mermaid ``flowchart LR`` of the recorded dispatch (no final newline).
@@ -212,7 +138,7 @@ class Trace:
         the labels; nodes and edges are sorted, so the same dispatch always
         gives the same text, whatever the order of its concurrent parts.
         """
-        return _mermaid(self.roots, strip_prefix)
+        return _mermaid.flowchart(self.roots, strip_prefix=strip_prefix)
 
     def clear(self) -> None:
         """Forget everything recorded so far; go on recording (if not closed)."""
@@ -228,8 +154,12 @@ class Trace:
             if self._closed:
                 return
             self._closed = True
+        # Disconnect from every sender (blinker's default), not only from the bus: a
+        # disconnect for one sender leaves the receiver in `signal.receivers`, where it would
+        # keep this trace alive and keep the bus on its slower, observed paths. Each
+        # receiver was connected for this one bus, so nothing else is lost.
         for signal, receiver in self._receivers():
-            signal.disconnect(receiver, sender=self._bus)
+            signal.disconnect(receiver)
 
     def __enter__(self) -> t.Self:
         return self
@@ -541,181 +471,3 @@ def _snapshot(node: _Node) -> TracedEvent:
 
 def _bounded(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# -- render ------------------------------------------------------------------------------
-
-
-def _render_event(
-    traced: TracedEvent,
-    lead: str,
-    below: str,
-    lines: list[str],
-    *,
-    root: bool,
-    ids: bool,
-    strip_prefix: str,
-) -> None:
-    """Append ``traced``'s line (after ``lead``) and its subtree (each line after ``below``)."""
-    text = type(traced.event).__name__
-    if ids:
-        text += f" [{str(traced.event.event_id)[:8]}]"
-    if root and traced.publisher is not None:
-        text += f" (published by {_strip(traced.publisher, strip_prefix)})"
-    if traced.unhandled:
-        text += " (no handler)"
-    for run in traced.handlers:
-        if run.name == NO_HANDLER and run.dead_letter is not None:
-            text += f" ✗ dead letter {_short(run.dead_letter)}"
-    if traced.redrive_of is not None:
-        text += f" ↻ redrive of dead letter {_short(traced.redrive_of)}"
-    lines.append(lead + text)
-    runs = [run for run in traced.handlers if run.name != NO_HANDLER]
-    for index, run in enumerate(runs):
-        last = index == len(runs) - 1
-        _render_handler(
-            run,
-            below + ("└── " if last else "├── "),
-            below + ("    " if last else "│   "),
-            lines,
-            ids=ids,
-            strip_prefix=strip_prefix,
-        )
-
-
-def _render_handler(
-    run: TracedHandler,
-    lead: str,
-    below: str,
-    lines: list[str],
-    *,
-    ids: bool,
-    strip_prefix: str,
-) -> None:
-    mark = {"succeeded": "✓", "dead-lettered": "✗", "running": "… running"}[run.outcome]
-    details: list[str] = []
-    if run.attempts > 1:
-        details.append(f"after {run.attempts} attempts")
-    if run.dead_letter is not None:
-        details.append(f"→ dead letter {_short(run.dead_letter)}")
-    lines.append(
-        f"{lead}{_strip(run.name, strip_prefix)} {mark}" + "".join(f" {d}" for d in details)
-    )
-
-    # In the order they happened: attempt k published its events, then failed.
-    items: list[tuple[tuple[int, int], TracedEvent | TracedFailure]] = []
-    for child in run.children:
-        items.append(((child.publisher_attempt or 0, 0), child))
-    for failure in run.failures:
-        items.append(((failure.attempt, 1), failure))
-    items.sort(key=lambda item: item[0])  # stable: children keep their order
-    body: list[TracedEvent | TracedFailure | str] = [item for _, item in items]
-    if run.dead_letter is not None and not run.failures:  # it could not be run at all
-        letter = run.dead_letter
-        body.append(f"failed: {_error_text(letter.error_type, letter.error_message)}")
-    for index, item in enumerate(body):
-        last = index == len(body) - 1
-        item_lead = below + ("└── " if last else "├── ")
-        item_below = below + ("    " if last else "│   ")
-        if isinstance(item, TracedEvent):
-            _render_event(
-                item, item_lead, item_below, lines, root=False, ids=ids, strip_prefix=strip_prefix
-            )
-        elif isinstance(item, TracedFailure):
-            # attempt 0: the handler could not be run at all
-            attempt = f"attempt {item.attempt} " if item.attempt else ""
-            text = f"{attempt}failed: {_error_text(item.error_type, item.message)}"
-            if item.delay is not None:
-                text += f" (retry in {_seconds(item.delay)})"
-            lines.append(item_lead + text)
-        else:
-            lines.append(item_lead + item)
-
-
-def _error_text(error_type: str, message: str) -> str:
-    """``"ConnectionError: gateway timeout"``: the class's name, the message's first line."""
-    name = error_type.rsplit(".", 1)[-1]
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    if len(first) > _SHOWN_MESSAGE:
-        first = first[: _SHOWN_MESSAGE - 1] + "…"
-    return f"{name}: {first}" if first else name
-
-
-def _seconds(delay: float) -> str:
-    """``0.5s``, ``1s``, ``0.125s``: at most millisecond precision, no trailing zeros."""
-    return f"{delay:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-def _short(letter: DeadLetter) -> str:
-    """The 8-character id prefix that ``python -m eventbus dead-letters`` shows and accepts."""
-    return str(letter.id)[:8]
-
-
-def _strip(name: str, prefix: str) -> str:
-    return name[len(prefix) :] if prefix and name.startswith(prefix) else name
-
-
-# -- mermaid -----------------------------------------------------------------------------
-
-_NOT_IN_ID = re.compile(r"[^0-9A-Za-z_]")
-
-
-def _mermaid(roots: list[TracedEvent], strip_prefix: str) -> str:
-    event_labels: dict[str, str] = {}  # event_type -> class name
-    handler_labels: dict[str, str] = {}  # handler name -> shown name
-    dead: set[str] = set()
-    consumed: set[tuple[str, str]] = set()  # (event_type, handler)
-    published: set[tuple[str, str]] = set()  # (handler, event_type)
-
-    def visit(traced: TracedEvent) -> None:
-        event_type = traced.event.event_type
-        event_labels.setdefault(event_type, type(traced.event).__name__)
-        if traced.publisher is not None:
-            handler_labels.setdefault(traced.publisher, _strip(traced.publisher, strip_prefix))
-            published.add((traced.publisher, event_type))
-        for run in traced.handlers:
-            if run.name == NO_HANDLER:
-                continue
-            handler_labels.setdefault(run.name, _strip(run.name, strip_prefix))
-            consumed.add((event_type, run.name))
-            if run.outcome == "dead-lettered":
-                dead.add(run.name)
-            for child in run.children:
-                visit(child)
-
-    for root in roots:
-        visit(root)
-    event_ids = _node_ids("ev_", event_labels)
-    handler_ids = _node_ids("h_", handler_labels)
-    lines = ["flowchart LR"]
-    for key in sorted(event_labels, key=event_ids.__getitem__):
-        lines.append(f'    {event_ids[key]}(["{_label(event_labels[key])}"])')
-    for key in sorted(handler_labels, key=handler_ids.__getitem__):
-        lines.append(f'    {handler_ids[key]}["{_label(handler_labels[key])}"]')
-    edges = {(event_ids[e], handler_ids[h]) for e, h in consumed}
-    edges |= {(handler_ids[h], event_ids[e]) for h, e in published}
-    lines += [f"    {source} --> {target}" for source, target in sorted(edges)]
-    if dead:
-        lines.append("    classDef deadLettered fill:#fde2e2,stroke:#c0392b,stroke-width:2px")
-        lines.append(f"    class {','.join(sorted(handler_ids[h] for h in dead))} deadLettered")
-    return "\n".join(lines)
-
-
-def _node_ids(prefix: str, labels: dict[str, str]) -> dict[str, str]:
-    """A valid, distinct Mermaid id per key, from its label; collisions get ``_2``, ``_3``..."""
-    ids: dict[str, str] = {}
-    taken: set[str] = set()
-    for key in sorted(labels, key=lambda k: (labels[k], k)):
-        base = prefix + _NOT_IN_ID.sub("_", labels[key])
-        candidate, n = base, 1
-        while candidate in taken:
-            n += 1
-            candidate = f"{base}_{n}"
-        taken.add(candidate)
-        ids[key] = candidate
-    return ids
-
-
-def _label(text: str) -> str:
-    """``text`` safe inside a quoted Mermaid label."""
-    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
