@@ -30,7 +30,7 @@ from examples.cart.payments.events import (
 )
 from examples.cart.payments.gateway import FakeGateway
 from examples.cart.payments.service import Payments
-from examples.cart.scenarios import PASSWORD, SCENARIOS, no_wait, no_wait_async, shopper
+from examples.cart.scenarios import PASSWORD, SCENARIOS, NoWait, shopper
 from examples.cart.users.events import LoginFailed, UserLoggedIn, UserRegistered
 from examples.cart.users.service import ScryptCost, Users
 
@@ -44,7 +44,7 @@ MODES: list[Mode] = ["sync", "async"]
 
 @pytest.fixture
 def shop() -> c.Iterator[Shop]:
-    with Shop(sleep=no_wait, async_sleep=no_wait_async) as shop:
+    with Shop(clock=NoWait()) as shop:
         yield shop
 
 
@@ -146,14 +146,15 @@ def test_no_password_or_token_in_any_event_log_record_or_dead_letter(
         letters.append(dead_letter)
 
     tokens: list[str] = []
-    with Shop(mode=mode, sleep=no_wait, async_sleep=no_wait_async) as shop:
-        signals.event_dead_lettered.connect(keep, sender=shop.bus, weak=False)
+    with (
+        Shop(mode=mode, clock=NoWait()) as shop,
+        signals.event_dead_lettered.connected_to(keep, sender=shop.bus),
+    ):
         recorder = Recorder(shop.bus)
         for scenario in SCENARIOS.values():  # every path, dead letters included
             scenario.play(shop)
         tokens.append(shopper(shop, "zoe@example.com"))
         shop.users.log_in("zoe@example.com", PASSWORD + "!")
-        signals.event_dead_lettered.disconnect(keep, sender=shop.bus)
 
     assert len(letters) == 3
     assert len(recorder.events) > 50
@@ -328,7 +329,7 @@ def test_the_gateway_charges_a_reference_once() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_every_event_of_the_happy_path_delivered_again_changes_nothing(mode: Mode) -> None:
-    with Shop(mode=mode, sleep=no_wait, async_sleep=no_wait_async) as shop:
+    with Shop(mode=mode, clock=NoWait()) as shop:
         with Trace(shop.bus) as trace:
             SCENARIOS["happy-path"].play(shop)
         delivered = [traced.event for traced in walk(trace.roots)]
@@ -434,7 +435,7 @@ def test_a_confirmation_that_fails_after_the_charge_is_compensated_with_a_refund
     The order is then given up by an operator, and the saga refunds before
     releasing the stock.
     """
-    with Shop(sleep=no_wait, async_sleep=no_wait_async) as shop:
+    with Shop(clock=NoWait()) as shop:
         confirm = shop.checkout.on_payment_succeeded
 
         def confirm_fails(event: PaymentSucceeded) -> None:

@@ -1,7 +1,9 @@
 """Properties (hypothesis) of dispatch: order, nothing lost, cascade order, retry counts.
 
 Every property runs on the sync path (``bus.publish``) and on the async path
-(``await bus.publish_async``), with a fresh bus per example.
+(``await bus.publish_async``), with a fresh bus per example, and in each of the
+``hooks`` variants (conftest.py): no hook receivers (the bus's fast paths),
+receivers for the bus, receivers for another bus.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventbus import Event, EventBus, PublishResult, RetryPolicy
+from tests.clocks import TestClock
+
+if t.TYPE_CHECKING:
+    from tests.conftest import Hooks
 
 
 class Base(Event):
@@ -79,7 +85,7 @@ subscriptions = st.lists(
 
 
 def _order_example(
-    subs: list[tuple[int, type[Base], Kind]], published: type[Base], mode: Mode
+    subs: list[tuple[int, type[Base], Kind]], published: type[Base], mode: Mode, hooks: Hooks
 ) -> tuple[list[int], list[int]]:
     bus = EventBus(concurrent=mode == "concurrent")
     log: list[int] = []
@@ -90,7 +96,8 @@ def _order_example(
     for index, (priority, event_class, kind) in enumerate(subs):
         handler = _handler(kind, record(index), f"h{index}")
         bus.subscribe(event_class, priority=priority, run_in_thread=kind == "thread")(handler)
-    result = _publish(bus, published(), "sync" if mode == "sync" else "async")
+    with hooks.attach(bus):
+        result = _publish(bus, published(), "sync" if mode == "sync" else "async")
     assert result.ok
     expected = [
         index
@@ -103,25 +110,27 @@ def _order_example(
 
 
 @given(subs=subscriptions, published=st.sampled_from(CLASSES))
-def test_delivery_order(subs: list[tuple[int, type[Base], Kind]], published: type[Base]) -> None:
-    log, expected = _order_example(subs, published, "sync")
+def test_delivery_order(
+    subs: list[tuple[int, type[Base], Kind]], published: type[Base], hooks: Hooks
+) -> None:
+    log, expected = _order_example(subs, published, "sync", hooks)
     assert log == expected
 
 
 @given(subs=subscriptions, published=st.sampled_from(CLASSES))
 def test_delivery_order_async(
-    subs: list[tuple[int, type[Base], Kind]], published: type[Base]
+    subs: list[tuple[int, type[Base], Kind]], published: type[Base], hooks: Hooks
 ) -> None:
-    log, expected = _order_example(subs, published, "async")
+    log, expected = _order_example(subs, published, "async", hooks)
     assert log == expected
 
 
 @given(subs=subscriptions, published=st.sampled_from(CLASSES))
 def test_delivery_order_concurrent_async(
-    subs: list[tuple[int, type[Base], Kind]], published: type[Base]
+    subs: list[tuple[int, type[Base], Kind]], published: type[Base], hooks: Hooks
 ) -> None:
     """Concurrent mode: priority groups in order; within a group, any order."""
-    log, expected = _order_example(subs, published, "concurrent")
+    log, expected = _order_example(subs, published, "concurrent", hooks)
     priority = {index: subs[index][0] for index in expected}
     assert sorted(log) == sorted(expected)
     assert [priority[i] for i in log] == [priority[i] for i in expected]
@@ -142,6 +151,7 @@ def _nothing_lost_example(
     failing: set[tuple[int, int]],
     published: list[type[Base]],
     mode: str,
+    hooks: Hooks,
 ) -> None:
     bus = EventBus()
     handled: collections.Counter[tuple[uuid.UUID, str]] = collections.Counter()
@@ -159,7 +169,8 @@ def _nothing_lost_example(
         bus.subscribe(event_class, run_in_thread=kind == "thread")(handler)
 
     events = [event_class(n=n) for n, event_class in enumerate(published)]
-    results = [_publish(bus, event, mode) for event in events]
+    with hooks.attach(bus):
+        results = [_publish(bus, event, mode) for event in events]
 
     lettered = collections.Counter(
         (letter.event.event_id, letter.handler.rsplit(".", 1)[-1]) for letter in bus.dead_letters
@@ -194,8 +205,9 @@ def test_nothing_lost(
     specs: list[tuple[type[Base], Kind]],
     failing: set[tuple[int, int]],
     published: list[type[Base]],
+    hooks: Hooks,
 ) -> None:
-    _nothing_lost_example(specs, failing, published, "sync")
+    _nothing_lost_example(specs, failing, published, "sync", hooks)
 
 
 @given(
@@ -207,8 +219,9 @@ def test_nothing_lost_async(
     specs: list[tuple[type[Base], Kind]],
     failing: set[tuple[int, int]],
     published: list[type[Base]],
+    hooks: Hooks,
 ) -> None:
-    _nothing_lost_example(specs, failing, published, "async")
+    _nothing_lost_example(specs, failing, published, "async", hooks)
 
 
 # -- (c) cascade order -----------------------------------------------------------------
@@ -237,7 +250,9 @@ def _breadth_first(children: dict[int, list[int]]) -> list[int]:
     return order
 
 
-def _cascade_example(parents: list[int], kind: str, via_async: list[bool], mode: str) -> None:
+def _cascade_example(
+    parents: list[int], kind: str, via_async: list[bool], mode: str, hooks: Hooks
+) -> None:
     bus = EventBus()
     children = _children(parents)
     delivered: list[Node] = []
@@ -262,7 +277,8 @@ def _cascade_example(parents: list[int], kind: str, via_async: list[bool], mode:
 
     bus.subscribe(Node)(delivered.append)
     root = Node(node=0)
-    top = _publish(bus, root, mode)
+    with hooks.attach(bus):
+        top = _publish(bus, root, mode)
     assert top.ok
     assert [event.node for event in delivered] == _breadth_first(children)
     by_node = {event.node: event for event in delivered}
@@ -281,8 +297,8 @@ def _cascade_example(parents: list[int], kind: str, via_async: list[bool], mode:
     kind=st.sampled_from(["sync", "async"]),
     via_async=st.lists(st.booleans(), min_size=1, max_size=5),
 )
-def test_cascade_order(parents: list[int], kind: str, via_async: list[bool]) -> None:
-    _cascade_example(parents, kind, via_async, "sync")
+def test_cascade_order(parents: list[int], kind: str, via_async: list[bool], hooks: Hooks) -> None:
+    _cascade_example(parents, kind, via_async, "sync", hooks)
 
 
 @given(
@@ -290,8 +306,10 @@ def test_cascade_order(parents: list[int], kind: str, via_async: list[bool]) -> 
     kind=st.sampled_from(["sync", "async"]),
     via_async=st.lists(st.booleans(), min_size=1, max_size=5),
 )
-def test_cascade_order_async(parents: list[int], kind: str, via_async: list[bool]) -> None:
-    _cascade_example(parents, kind, via_async, "async")
+def test_cascade_order_async(
+    parents: list[int], kind: str, via_async: list[bool], hooks: Hooks
+) -> None:
+    _cascade_example(parents, kind, via_async, "async", hooks)
 
 
 # -- (d) retry counts ------------------------------------------------------------------
@@ -303,6 +321,7 @@ def _retry_example(
     kind: Kind,
     bus_default: bool,
     mode: str,
+    hooks: Hooks,
 ) -> None:
     sleeps: list[float] = []
     async_sleeps: list[float] = []
@@ -311,8 +330,7 @@ def _retry_example(
         async_sleeps.append(delay)
 
     bus = EventBus(
-        sleep=sleeps.append,
-        async_sleep=async_sleep,
+        clock=TestClock(sleep=sleeps.append, sleep_async=async_sleep),
         retry=policy if bus_default else None,
     )
     calls: list[int] = []
@@ -326,7 +344,8 @@ def _retry_example(
     bus.subscribe(Base, retry=None if bus_default else policy, run_in_thread=kind == "thread")(
         handler
     )
-    result = _publish(bus, Base(), mode)
+    with hooks.attach(bus):
+        result = _publish(bus, Base(), mode)
 
     m = policy.max_attempts
     assert len(calls) == min(failures + 1, m)
@@ -358,8 +377,10 @@ policies = st.builds(
     kind=st.sampled_from(["sync", "async"]),
     bus_default=st.booleans(),
 )
-def test_retry_counts(failures: int, policy: RetryPolicy, kind: Kind, bus_default: bool) -> None:
-    _retry_example(failures, policy, kind, bus_default, "sync")
+def test_retry_counts(
+    failures: int, policy: RetryPolicy, kind: Kind, bus_default: bool, hooks: Hooks
+) -> None:
+    _retry_example(failures, policy, kind, bus_default, "sync", hooks)
 
 
 @given(
@@ -369,14 +390,14 @@ def test_retry_counts(failures: int, policy: RetryPolicy, kind: Kind, bus_defaul
     bus_default=st.booleans(),
 )
 def test_retry_counts_async(
-    failures: int, policy: RetryPolicy, kind: Kind, bus_default: bool
+    failures: int, policy: RetryPolicy, kind: Kind, bus_default: bool, hooks: Hooks
 ) -> None:
-    _retry_example(failures, policy, kind, bus_default, "async")
+    _retry_example(failures, policy, kind, bus_default, "async", hooks)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_retry_counts_examples(mode: str) -> None:
+def test_retry_counts_examples(mode: str, hooks: Hooks) -> None:
     """The boundaries, spelled out: f = m - 1 succeeds on the last attempt; f = m does not."""
     for failures, attempts in [(0, 1), (2, 3), (3, 3), (5, 3)]:
-        _retry_example(failures, RetryPolicy(max_attempts=attempts), "sync", False, mode)
-        _retry_example(failures, RetryPolicy(max_attempts=attempts), "async", True, mode)
+        _retry_example(failures, RetryPolicy(max_attempts=attempts), "sync", False, mode, hooks)
+        _retry_example(failures, RetryPolicy(max_attempts=attempts), "async", True, mode, hooks)

@@ -1,7 +1,9 @@
 """Properties of retries: every (event, handler) pair ends exactly once, and the wait schedules.
 
 The bus gets injected sleeps, so a property's examples never wait; the
-expected outcome of each pair comes from a small model of the policy.
+expected outcome of each pair comes from a small model of the policy. The
+properties of a bus run in each of the ``hooks`` variants (conftest.py): no hook
+receivers (the bus's fast paths), receivers for the bus, receivers for another bus.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ import typing as t
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventbus import DeadLetter, Event, EventBus, PublishResult, RetryPolicy, signals
+from eventbus import Event, EventBus, PublishResult, RetryPolicy, signals
+from tests.clocks import TestClock
+
+if t.TYPE_CHECKING:
+    from tests.conftest import Hooks
 
 
 class PropertyEvent(Event):
@@ -87,7 +93,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     return Scenario(handlers, plans, draw(st.booleans()))
 
 
-def run_scenario(scenario: Scenario, mode: str) -> None:
+def run_scenario(scenario: Scenario, mode: str, hooks: Hooks) -> None:
     waits: list[float] = []
 
     def sleep(delay: float) -> None:
@@ -98,8 +104,7 @@ def run_scenario(scenario: Scenario, mode: str) -> None:
 
     first = scenario.handlers[0]
     bus = EventBus(
-        sleep=sleep,
-        async_sleep=async_sleep,
+        clock=TestClock(sleep=sleep, sleep_async=async_sleep),
         concurrent=mode == "concurrent",
         retry=first.policy if scenario.first_uses_bus_default else None,
     )
@@ -112,21 +117,8 @@ def run_scenario(scenario: Scenario, mode: str) -> None:
         own = None if index == 0 and scenario.first_uses_bus_default else spec.policy
         bus.subscribe(PropertyEvent, retry=own, priority=spec.priority)(handler)
 
-    outcomes: list[tuple[str, int, str]] = []  # (kind, event n, handler name)
-
-    def on_success(sender: EventBus, *, event: Event, handler: str, attempts: int) -> None:
-        assert isinstance(event, PropertyEvent)
-        outcomes.append(("handled", event.n, handler))
-
-    def on_letter(sender: EventBus, *, dead_letter: DeadLetter) -> None:
-        assert isinstance(dead_letter.event, PropertyEvent)
-        outcomes.append(("dead", dead_letter.event.n, dead_letter.handler))
-
     results: list[PublishResult] = []
-    with (
-        signals.handler_succeeded.connected_to(on_success, sender=bus),
-        signals.event_dead_lettered.connected_to(on_letter, sender=bus),
-    ):
+    with hooks.attach(bus) as heard:
         for n in range(len(scenario.plans)):
             if mode == "sync":
                 results.append(bus.publish(PropertyEvent(n=n)))
@@ -157,8 +149,15 @@ def run_scenario(scenario: Scenario, mode: str) -> None:
         assert {x.id for x in result.dead_letters} == {
             x.id for (n_, _), x in letters.items() if n_ == n
         }
-    # every pair ends exactly once: handled or dead-lettered, never both, never twice
-    assert sorted(outcomes) == sorted(expected_outcomes)
+    # every pair ends exactly once: handled or dead-lettered, never both, never twice,
+    # as the hooks tell when they listen to this bus
+    if heard is not None:
+        outcomes = []  # (kind, event n, handler name)
+        for sent in heard.of(signals.handler_succeeded):
+            outcomes.append(("handled", sent["event"].n, sent["handler"]))
+        for sent in heard.of(signals.event_dead_lettered):
+            outcomes.append(("dead", sent["dead_letter"].event.n, sent["dead_letter"].handler))
+        assert sorted(outcomes) == sorted(expected_outcomes)
     assert len(waits) == expected_waits
 
 
@@ -187,17 +186,19 @@ def make_handler(
     return handler_sync
 
 
-@given(scenarios())
-def test_every_pair_ends_exactly_once(scenario: Scenario) -> None:
-    run_scenario(scenario, "sync")
+@given(scenario=scenarios())
+def test_every_pair_ends_exactly_once(scenario: Scenario, hooks: Hooks) -> None:
+    run_scenario(scenario, "sync", hooks)
 
 
-@given(scenarios(), st.booleans())
-def test_every_pair_ends_exactly_once_async(scenario: Scenario, concurrent: bool) -> None:
-    run_scenario(scenario, "concurrent" if concurrent else "async")
+@given(scenario=scenarios(), concurrent=st.booleans())
+def test_every_pair_ends_exactly_once_async(
+    scenario: Scenario, concurrent: bool, hooks: Hooks
+) -> None:
+    run_scenario(scenario, "concurrent" if concurrent else "async", hooks)
 
 
-def test_model_examples() -> None:
+def test_model_examples(hooks: Hooks) -> None:
     """The model's rules, spelled out: calls == min(f + 1, m), or the first give-up error."""
 
     def spec(m: int, gives_up: bool) -> HandlerSpec:
@@ -217,7 +218,7 @@ def test_model_examples() -> None:
         scenario = Scenario([handler], [[plan]], False)
         assert scenario.expected(0, 0) == expected
         for mode in ("sync", "async"):
-            run_scenario(scenario, mode)
+            run_scenario(scenario, mode, hooks)
 
 
 # -- the wait schedule ----------------------------------------------------------------------
@@ -268,7 +269,7 @@ def test_jittered_delays_stay_in_their_band(policy: RetryPolicy, seed: int) -> N
     mode=st.sampled_from(["sync", "async"]),
 )
 def test_bus_waits_are_the_policy_schedule_for_its_seed(
-    policy: RetryPolicy, seed: int, failures: int, mode: str
+    policy: RetryPolicy, seed: int, failures: int, mode: str, hooks: Hooks
 ) -> None:
     waits: list[float] = []
 
@@ -278,7 +279,9 @@ def test_bus_waits_are_the_policy_schedule_for_its_seed(
     async def async_sleep(delay: float) -> None:
         waits.append(delay)
 
-    bus = EventBus(sleep=sleep, async_sleep=async_sleep, random=random.Random(seed))
+    bus = EventBus(
+        clock=TestClock(sleep=sleep, sleep_async=async_sleep, rng=random.Random(seed))
+    )
     calls: list[int] = []
 
     @bus.subscribe(retry=policy)
@@ -288,7 +291,8 @@ def test_bus_waits_are_the_policy_schedule_for_its_seed(
             raise Retryable(str(len(calls)))
 
     event = PropertyEvent(n=0)
-    result = bus.publish(event) if mode == "sync" else asyncio.run(bus.publish_async(event))
+    with hooks.attach(bus):
+        result = bus.publish(event) if mode == "sync" else asyncio.run(bus.publish_async(event))
     assert len(calls) == min(failures + 1, policy.max_attempts)
     assert result.ok == (failures < policy.max_attempts)
     assert waits == list(policy.delays(random.Random(seed)))[: len(calls) - 1]
