@@ -603,7 +603,7 @@ class CountingTransport(LocalTransport):
     def __init__(self) -> None:
         self.binds: list[type] = []
 
-    def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync]:
+    def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync] | None:
         kinds = {kind for sub in plan.subscriptions for kind in sub.event_types}
         self.binds.extend(kinds)
         return super().bind(bus, plan)

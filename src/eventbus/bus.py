@@ -1,11 +1,11 @@
 """EventBus: subscribe handlers, publish events, redrive dead letters.
 
-This file is the façade; one publish travels through the others in order:
-``publish`` hands the event to the bus's transport (``transport.py``; the
-default is ``cascade.LocalTransport``), which looks up the event class's
-compiled plan (``plans.py``), joins or opens the cascade, and runs the
-plan's delivery loop; a handler's failure goes to ``failures.py``, and
-``redrive`` to ``redrive.py``.
+This file is the façade. One publish: look up the compiled plan of the
+event's class (``plans.py``); unless the bus's transport takes the event
+(``transport.py``), join the running cascade or open one (``cascade.py``),
+run the plan's delivery loop (``plans.py``), which calls the handlers, and
+drain what they published. A handler's failure goes to ``failures.py``;
+``redrive`` is ``redrive.py``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from datetime import timedelta
 
 from . import redrive as _redrive
 from . import signals
-from .cascade import LocalTransport
+from .cascade import LocalTransport, end, enqueue, no_loop_here, open_root, run_async
 from .clock import Clock, SystemClock
+from .context import current, loop_is_running
 from .dead_letters import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore
+from .failures import gave_up
 from .handlers.registry import HandlerRegistry
 from .middleware import Middleware
-from .plans import Plan, compile_plan
+from .plans import Plan, compile_plan, refuse_awaitable
 from .redrive import RedriveOutcome
+from .results import PublishResult
 from .retry import RetryPolicy
 from .transport import Transport
 
@@ -30,9 +33,13 @@ if t.TYPE_CHECKING:
     import uuid
 
     from .events import Event
-    from .results import PublishResult
 
 __all__ = ["EventBus", "RedriveOutcome"]
+
+_get_current = current.get
+_set_current = current.set
+_reset_current = current.reset
+_new = object.__new__
 
 
 class EventBus(HandlerRegistry):
@@ -108,8 +115,6 @@ class EventBus(HandlerRegistry):
     def publish(self, event: Event, /) -> PublishResult:
         """Deliver ``event`` to its handlers, in plan order, and return the result.
 
-        (What the bus's transport does: by default, this.)
-
         Sync handlers are called in this thread. Async handlers are run to
         completion on an event loop private to this call; if an event loop is
         already running in this thread, that is impossible without blocking
@@ -118,8 +123,48 @@ class EventBus(HandlerRegistry):
 
         Called from inside a handler, it queues the event to run after the
         current event's handlers, and returns at once.
+
+        (What the bus's transport does: by default, this.)
         """
-        return (self._compiled.get(type(event)) or self._compile(type(event))).publish(event)
+        plan = self._compiled.get(type(event)) or self._compile(type(event))
+        if plan.publish is not None:  # the transport takes the events of this class
+            return plan.publish(event)
+        node = _get_current()
+        if node is not None and node._bus is self:  # from a handler: join its cascade
+            child = enqueue(node, event, plan)
+            if child is not None:
+                return child
+        if plan.has_async and loop_is_running():
+            raise no_loop_here(plan, event)
+        if plan.announce:
+            signals.send(signals.event_published, self, event=event, publisher=None)
+        root = _new(PublishResult)  # open a cascade (cascade.open_root, spelled out)
+        root.event = event
+        root.dead_letters = []
+        root._bus = self
+        root._parent = None
+        root._cascade = None
+        root._closed = False
+        token = _set_current(root)
+        try:
+            for handler, sub, run in plan.steps:  # plan.deliver(root), spelled out
+                if run is not None:
+                    run(root)
+                    continue
+                try:
+                    returned = handler(event)
+                    if returned is not None:
+                        refuse_awaitable(sub, returned)
+                except Exception as error:
+                    gave_up(self, root, sub, 1, error)
+            root._closed = True
+            if root._cascade is not None:  # handlers published events: drain them
+                root._cascade.drain()
+        finally:
+            _reset_current(token)
+            if not root._closed or root._cascade is not None:
+                end(root)
+        return root
 
     async def publish_async(self, event: Event, /) -> PublishResult:
         """Deliver ``event`` to its handlers from asyncio and return the result.
@@ -133,7 +178,16 @@ class EventBus(HandlerRegistry):
         current event's handlers, and returns at once.
         """
         plan = self._compiled.get(type(event)) or self._compile(type(event))
-        return await plan.publish_async(event)
+        if plan.publish_async is not None:
+            return await plan.publish_async(event)
+        node = _get_current()
+        if node is not None and node._bus is self:
+            child = enqueue(node, event, plan)
+            if child is not None:
+                return child
+        if plan.announce:
+            signals.send(signals.event_published, self, event=event, publisher=None)
+        return await run_async(open_root(self, event), plan)
 
     # -- redriving dead letters -----------------------------------------------------
 
@@ -281,7 +335,9 @@ class EventBus(HandlerRegistry):
                 plan = compile_plan(
                     self, self._plan(event_class), self._middleware, self._default_retry
                 )
-                plan.publish, plan.publish_async = self._transport.bind(self, plan)
+                bound = self._transport.bind(self, plan)
+                if bound is not None:
+                    plan.publish, plan.publish_async = bound
                 compiled[event_class] = plan
             return plan
 

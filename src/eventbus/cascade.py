@@ -21,7 +21,6 @@ import typing as t
 from . import signals
 from .context import current, publisher
 from .errors import CascadeDepthError, SyncPublishError
-from .plans import loop_is_running
 from .results import PublishResult
 
 if t.TYPE_CHECKING:
@@ -31,8 +30,19 @@ if t.TYPE_CHECKING:
     from .dead_letters import DeadLetter, DeadLetterStore
     from .events import Event
     from .plans import Plan
+    from .transport import Publish, PublishAsync
 
-__all__ = ["Cascade", "LocalTransport", "bind"]
+__all__ = [
+    "Cascade",
+    "LocalTransport",
+    "cascade_of",
+    "end",
+    "enqueue",
+    "no_loop_here",
+    "open_root",
+    "run",
+    "run_async",
+]
 
 logger = logging.getLogger("eventbus")
 
@@ -43,214 +53,162 @@ _new = object.__new__
 
 
 class LocalTransport:
-    """Deliver events in this process, each top-level publish with its cascade.
+    """Deliver events in this process: the bus's own cascade (see :meth:`EventBus.publish`).
 
-    For each event class it compiles, when the class's plan is compiled, the
-    function that ``publish`` calls: join the running cascade (a publish
-    from a handler of the same bus), or open one, run the plan's handlers,
-    and drain what they published.
+    Its :meth:`bind` returns None, which tells the bus to deliver locally:
+    look the plan up, join or open the cascade, run the plan, drain.
     """
 
     __slots__ = ()
 
-    def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync]:
-        return bind(bus, plan)
+    def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync] | None:
+        return None
 
     def __repr__(self) -> str:
         return "<LocalTransport>"
 
 
-Publish: t.TypeAlias = c.Callable[["Event"], PublishResult]
-PublishAsync: t.TypeAlias = c.Callable[["Event"], c.Awaitable[PublishResult]]
-
-
-def bind(
+def open_root(
     bus: EventBus,
-    plan: Plan,
-    *,
+    event: Event,
     redriving: tuple[DeadLetter, DeadLetterStore] | None = None,
-) -> tuple[Publish, PublishAsync]:
-    """The sync and async functions that deliver an event of ``plan`` and its cascade.
+) -> PublishResult:
+    """The result of ``event`` as the root of a new cascade (``publish`` does this inline)."""
+    root = _new(PublishResult)
+    root.event = event
+    root.dead_letters = []
+    root._bus = bus
+    root._parent = None
+    root._cascade = None if redriving is None else Cascade(root, redriving)
+    root._closed = False
+    return root
 
-    With ``redriving`` (a redrive), they always open a cascade of their own.
+
+def run(root: PublishResult, plan: Plan) -> PublishResult:
+    """Deliver ``root`` and what its handlers publish, on the sync path (a redrive's way).
+
+    ``EventBus.publish`` does the same inline, to save a call per publish.
     """
-    deliver = plan.deliver
-    deliver_async = plan.deliver_async
-    join = redriving is None
-    announce = plan.announce and join
-    check_loop = plan.has_async
-
-    def publish(event: Event, /) -> PublishResult:
-        if join:
-            node = _get_current()
-            if node is not None:
-                cascade = node._cascade
-                if cascade is not None and cascade.bus is bus:
-                    child = cascade.enqueue(event, node, plan)
-                    if child is not None:
-                        return child
-        if check_loop and loop_is_running():
-            raise _no_loop_here(plan, event, redriving)
-        if announce:
-            signals.send(signals.event_published, bus, event=event, publisher=None)
-        cascade = _new(Cascade)
-        cascade.bus = bus
-        if redriving is not None:
-            cascade.redriving = redriving
-        root = _new(PublishResult)  # without __init__: only what a root needs is set
-        root.event = event
-        root.dead_letters = []
-        root._parent = None
-        root._cascade = cascade
-        token = _set_current(root)
-        try:
-            deliver(root)
-            cascade.closed = True
-            if cascade.queue is not None:  # handlers published events: run them
-                cascade.drain()
-        finally:
-            _reset_current(token)
-            if not cascade.closed or cascade.runner is not None:
-                cascade.close()
-        return root
-
-    async def publish_async(event: Event, /) -> PublishResult:
-        if join:
-            node = _get_current()
-            if node is not None:
-                cascade = node._cascade
-                if cascade is not None and cascade.bus is bus:
-                    child = cascade.enqueue(event, node, plan)
-                    if child is not None:
-                        return child
-        if announce:
-            signals.send(signals.event_published, bus, event=event, publisher=None)
-        cascade = _new(Cascade)
-        cascade.bus = bus
-        if redriving is not None:
-            cascade.redriving = redriving
-        root = _new(PublishResult)
-        root.event = event
-        root.dead_letters = []
-        root._parent = None
-        root._cascade = cascade
-        token = _set_current(root)
-        try:
-            await deliver_async(root)
-            cascade.closed = True
-            if cascade.queue is not None:
-                await cascade.drain_async()
-        finally:
-            _reset_current(token)
-            if not cascade.closed:
-                cascade.close()
-        return root
-
-    return publish, publish_async
+    token = _set_current(root)
+    try:
+        plan.deliver(root)
+        root._closed = True
+        if root._cascade is not None:
+            root._cascade.drain()
+    finally:
+        _reset_current(token)
+        if not root._closed or root._cascade is not None:
+            end(root)
+    return root
 
 
-def _no_loop_here(
-    plan: Plan, event: Event, redriving: tuple[DeadLetter, DeadLetterStore] | None
-) -> SyncPublishError:
-    if redriving is not None:
-        return SyncPublishError(
-            f"redrive() cannot run the async handler {redriving[0].handler} inside a running "
-            "event loop; use `await bus.redrive_async(letter)` instead"
+async def run_async(root: PublishResult, plan: Plan) -> PublishResult:
+    """``run`` on the async path."""
+    token = _set_current(root)
+    try:
+        await plan.deliver_async(root)
+        root._closed = True
+        if root._cascade is not None:
+            await root._cascade.drain_async()
+    finally:
+        _reset_current(token)
+        if not root._closed or root._cascade is not None:
+            end(root)
+    return root
+
+
+def enqueue(parent: PublishResult, event: Event, plan: Plan) -> PublishResult | None:
+    """Queue ``event`` in the cascade of ``parent`` (its publisher); None if it has ended.
+
+    An ended cascade is one whose top-level call has returned: a task that
+    a handler left running publishes top-level events of its own.
+    """
+    cascade = parent._cascade or cascade_of(parent)
+    root = cascade.root
+    if root._closed:
+        return None
+    bus = root._bus
+    assert bus is not None
+    depth = 1
+    node = parent._parent
+    while node is not None:
+        depth += 1
+        node = node._parent
+    if depth > bus.max_cascade_depth:
+        raise CascadeDepthError(
+            f"{event.event_type} would be generation {depth} of one cascade, past "
+            f"max_cascade_depth={bus.max_cascade_depth}; chain: {_chain(parent)}. "
+            "A handler cycle? If the depth is intended, raise EventBus(max_cascade_depth=...)"
         )
-    names = ", ".join(s.name for s in plan.subscriptions if s.is_async)
-    return SyncPublishError(
-        f"publish() cannot run the async handler(s) {names} of "
-        f"{type(event).__qualname__} from inside a running event loop without blocking "
-        f"it; use `await bus.publish_async(event)` instead"
-    )
+    if event.causation_id is None or event.correlation_id is None:
+        event = _stamped(event, parent.event)
+    child = _new(PublishResult)
+    child.event = event
+    child.dead_letters = []
+    child._bus = bus
+    child._parent = parent
+    child._cascade = cascade
+    child._closed = True
+    queue = cascade.queue
+    queue.append(child)
+    if root._closed:  # the top-level call finished meanwhile: take it back if still there
+        try:
+            queue.remove(child)
+        except ValueError:
+            pass  # the dispatcher got it first
+        else:
+            return None
+    if plan.announce:
+        signals.send(signals.event_published, bus, event=event, publisher=publisher.get())
+    return child
+
+
+def cascade_of(node: PublishResult) -> Cascade:
+    """The cascade ``node`` runs in: a root's is made on first need (its first child)."""
+    cascade = node._cascade
+    if cascade is None:
+        with _creation:  # handlers in two threads may queue the first child at once
+            cascade = node._cascade
+            if cascade is None:
+                cascade = node._cascade = Cascade(node)
+    return cascade
 
 
 class Cascade:
-    """The state of one running cascade: its queue, whether it ended, its private loop.
+    """The events queued by one top-level publish's handlers, and its private event loop.
+
+    Made only when needed: for the first event a handler publishes, or the
+    first async handler that the sync path runs. Whether the top-level call
+    has ended is the root's ``_closed``, so that a publish whose handlers
+    publish nothing makes no cascade at all.
 
     Handlers in other threads (``run_in_thread``, or a copied context) may
-    enqueue while the publishing thread drains, so ``enqueue`` and ``next``
-    use a double check instead of a lock (a lock is taken only to create the
-    queue, on the first child): an enqueue appends, then looks at
-    ``closed``; ``next`` sets ``closed``, then looks at the queue. Whichever
+    enqueue while the publishing thread drains, so enqueueing and ``next``
+    use a double check instead of a lock: an enqueue appends, then looks at
+    ``_closed``; ``next`` sets ``_closed``, then looks at the queue; the
+    publishing thread sets ``_closed``, then looks for a cascade. Whichever
     comes second sees the other, and ``deque.remove``/``popleft`` settle who
     owns a raced event.
-
-    Built without ``__init__`` once per top-level publish: the class
-    attributes are the defaults, and only what differs is set.
     """
 
-    bus: EventBus
-    closed: bool = False
-    queue: collections.deque[PublishResult] | None = None
-    runner: asyncio.Runner | None = None
-    #: On a redrive: the letter redriven and the store it came from.
-    redriving: tuple[DeadLetter, DeadLetterStore] | None = None
+    __slots__ = ("queue", "redriving", "root", "runner")
 
-    def enqueue(self, event: Event, parent: PublishResult, plan: Plan) -> PublishResult | None:
-        """Queue ``event`` as a child of ``parent``; None if the cascade has ended.
-
-        An ended cascade is one whose top-level call has returned: a task that
-        a handler left running publishes top-level events of its own.
-        """
-        if self.closed:
-            return None
-        depth = 1
-        node = parent._parent
-        while node is not None:
-            depth += 1
-            node = node._parent
-        limit = self.bus.max_cascade_depth
-        if depth > limit:
-            raise CascadeDepthError(
-                f"{event.event_type} would be generation {depth} of one cascade, past "
-                f"max_cascade_depth={limit}; chain: {_chain(parent)}. "
-                "A handler cycle? If the depth is intended, raise EventBus(max_cascade_depth=...)"
-            )
-        if event.causation_id is None or event.correlation_id is None:
-            event = _stamped(event, parent.event)
-        child = _new(PublishResult)
-        child.event = event
-        child.dead_letters = []
-        child._parent = parent
-        child._cascade = self
-        queue = self.queue
-        if queue is None:
-            with _queue_creation:
-                if self.queue is None:
-                    self.queue = collections.deque()
-            queue = self.queue
-            assert queue is not None
-        queue.append(child)
-        if self.closed:  # the top-level call finished meanwhile: take it back if still there
-            try:
-                queue.remove(child)
-            except ValueError:
-                pass  # the dispatcher got it first
-            else:
-                return None
-        if plan.announce:
-            signals.send(signals.event_published, self.bus, event=event, publisher=publisher.get())
-        return child
-
-    def next(self) -> PublishResult | None:
-        """The oldest queued event; None, and the cascade closed, when none is left."""
-        while True:
-            queue = self.queue
-            if queue:
-                try:
-                    return queue.popleft()
-                except IndexError:  # an enqueue took its event back
-                    pass
-            self.closed = True
-            if not self.queue:
-                return None
-            self.closed = False  # an enqueue raced the close: keep draining
+    def __init__(
+        self,
+        root: PublishResult,
+        redriving: tuple[DeadLetter, DeadLetterStore] | None = None,
+    ) -> None:
+        self.root = root
+        self.queue: collections.deque[PublishResult] = collections.deque()
+        self.runner: asyncio.Runner | None = None
+        #: On a redrive: the letter redriven and the store it came from.
+        self.redriving = redriving
 
     def drain(self) -> None:
         """Deliver the queued events, and those their handlers queue, in FIFO order."""
-        bus = self.bus
-        self.closed = False
+        bus = self.root._bus
+        assert bus is not None
+        self.root._closed = False
         node = self.next()
         while node is not None:
             _set_current(node)  # reset by the publish that opened the cascade
@@ -260,14 +218,30 @@ class Cascade:
 
     async def drain_async(self) -> None:
         """``drain`` on the async path."""
-        bus = self.bus
-        self.closed = False
+        bus = self.root._bus
+        assert bus is not None
+        self.root._closed = False
         node = self.next()
         while node is not None:
             _set_current(node)
             kind = type(node.event)
             await (bus._compiled.get(kind) or bus._compile(kind)).deliver_async(node)
             node = self.next()
+
+    def next(self) -> PublishResult | None:
+        """The oldest queued event; None, and the cascade closed, when none is left."""
+        root = self.root
+        queue = self.queue
+        while True:
+            if queue:
+                try:
+                    return queue.popleft()
+                except IndexError:  # an enqueue took its event back
+                    pass
+            root._closed = True
+            if not queue:
+                return None
+            root._closed = False  # an enqueue raced the close: keep draining
 
     def run_coroutine(self, coroutine: c.Coroutine[t.Any, t.Any, object]) -> None:
         """Run an async handler from the sync path, on this cascade's private loop."""
@@ -278,35 +252,46 @@ class Cascade:
         # A fresh copy each time: the handler must see the event it is handling as current.
         self.runner.run(coroutine, context=contextvars.copy_context())
 
-    def close(self) -> None:
-        """End the cascade early (an exception escaped) or release its private loop."""
-        self.closed = True
-        dropped: list[PublishResult] = []
-        while self.queue:
-            try:
-                dropped.append(self.queue.popleft())
-            except IndexError:
-                break
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
-        if dropped:  # only when a BaseException (cancellation, Ctrl-C) ended the publish
-            root = dropped[0]
-            while root._parent is not None:
-                root = root._parent
-            logger.error(
-                "publish of %s (event_id=%s) was interrupted; %d queued event(s) were not "
-                "dispatched: %s",
-                root.event.event_type,
-                root.event.event_id,
-                len(dropped),
-                ", ".join(f"{i.event.event_type} (event_id={i.event.event_id})" for i in dropped),
-            )
+
+def end(root: PublishResult) -> None:
+    """End a cascade early (an exception escaped), or release its private loop."""
+    root._closed = True
+    cascade = root._cascade
+    if cascade is None:
+        return
+    dropped: list[PublishResult] = []
+    while cascade.queue:
+        try:
+            dropped.append(cascade.queue.popleft())
+        except IndexError:
+            break
+    if cascade.runner is not None:
+        cascade.runner.close()
+        cascade.runner = None
+    if dropped:  # only when a BaseException (cancellation, Ctrl-C) ended the publish
+        logger.error(
+            "publish of %s (event_id=%s) was interrupted; %d queued event(s) were not "
+            "dispatched: %s",
+            root.event.event_type,
+            root.event.event_id,
+            len(dropped),
+            ", ".join(f"{i.event.event_type} (event_id={i.event.event_id})" for i in dropped),
+        )
 
 
-#: Guards the creation of a cascade's queue by two threads at once (rare: only the first
+def no_loop_here(plan: Plan, event: Event) -> SyncPublishError:
+    """The error of a sync ``publish`` that would have to run async handlers in a running loop."""
+    names = ", ".join(s.name for s in plan.subscriptions if s.is_async)
+    return SyncPublishError(
+        f"publish() cannot run the async handler(s) {names} of "
+        f"{type(event).__qualname__} from inside a running event loop without blocking "
+        f"it; use `await bus.publish_async(event)` instead"
+    )
+
+
+#: Guards the creation of a root's cascade by two threads at once (rare: only the first
 #: event a handler publishes creates it).
-_queue_creation = threading.Lock()
+_creation = threading.Lock()
 
 _set = object.__setattr__
 _IDS = frozenset(("causation_id", "correlation_id"))

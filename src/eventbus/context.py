@@ -9,13 +9,20 @@ being handled, so publishing it needs no copy.
 from __future__ import annotations
 
 import contextvars
+import sys
 import typing as t
 import uuid
 
 if t.TYPE_CHECKING:
     from .results import PublishResult
 
-__all__ = ["current", "current_causation_id", "current_correlation_id", "publisher"]
+__all__ = [
+    "current",
+    "current_causation_id",
+    "current_correlation_id",
+    "loop_is_running",
+    "publisher",
+]
 
 #: The result of the event whose handlers are running in this context (None outside them).
 current: contextvars.ContextVar[PublishResult | None] = contextvars.ContextVar(
@@ -44,3 +51,12 @@ def current_correlation_id() -> uuid.UUID | None:
         return None
     event = node.event
     return event.correlation_id or event.event_id
+
+
+def loop_is_running() -> bool:
+    """Whether an asyncio event loop runs in this thread (asyncio is not imported for it).
+
+    No loop can run in a program that never imported asyncio.
+    """
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and asyncio.events._get_running_loop() is not None

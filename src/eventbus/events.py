@@ -8,6 +8,7 @@ payload can never make eventbus import or unpickle anything.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -30,8 +31,8 @@ class UnknownEventTypeError(LookupError):
 _UNSET: t.Final = object()
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
+#: The time of construction (a C function: pydantic calls it without a Python frame).
+_utc_now = functools.partial(datetime.now, UTC)
 
 
 # Event ids are UUIDv7 (RFC 9562): 48 bits of Unix time in milliseconds, the version and
@@ -45,9 +46,9 @@ _time_ns = time.time_ns
 _new_uuid = object.__new__
 _set = object.__setattr__
 _SAFE = uuid.SafeUUID.unknown
-_VERSION_7 = 0x7 << 76
-_VARIANT = 0b10 << 62
-_LOW_62 = (1 << 62) - 1
+# The 80 bits below the timestamp are random but for the version (7) and the variant (0b10).
+_RANDOM_BITS = ~(0xF << 76 | 0x3 << 62) & ((1 << 80) - 1)
+_VERSION_AND_VARIANT = 0x7 << 76 | 0b10 << 62
 
 
 def new_event_id() -> uuid.UUID:
@@ -56,16 +57,13 @@ def new_event_id() -> uuid.UUID:
     Within one millisecond the order is random. Not for secrets: the random
     bits come from a seeded (by the OS) Mersenne Twister, not from the OS itself.
     """
-    bits = _random_bits(74)
-    value = (
-        (_time_ns() // 1_000_000) << 80
-        | _VERSION_7
-        | (bits >> 62) << 64
-        | _VARIANT
-        | (bits & _LOW_62)
-    )
     made = _new_uuid(uuid.UUID)
-    _set(made, "int", value)  # what UUID.__init__ does, without its checks of an int we made
+    # What UUID.__init__ does, without its checks of an int made right here.
+    _set(
+        made,
+        "int",
+        (_time_ns() // 1_000_000) << 80 | _random_bits(80) & _RANDOM_BITS | _VERSION_AND_VARIANT,
+    )
     _set(made, "is_safe", _SAFE)
     return made
 

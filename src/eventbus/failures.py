@@ -214,12 +214,15 @@ def _log(
 
 
 def _fields(result: PublishResult, handler: str, attempt: int) -> dict[str, object]:
-    """What every log record about a handler's run carries, as ``extra`` (never payloads)."""
+    """What every log record about a handler's run carries, as ``extra`` (never payloads).
+
+    The ids are ``uuid.UUID`` objects: a formatter that prints them pays for ``str()``.
+    """
     event = result.event
     return {
-        "event_id": str(event.event_id),
+        "event_id": event.event_id,
         "event_type": event.event_type,
-        "correlation_id": str(event.correlation_id or event.event_id),
+        "correlation_id": event.correlation_id or event.event_id,
         "handler": handler,
         "attempt": attempt,
     }

@@ -21,11 +21,11 @@ import collections.abc as c
 import dataclasses
 import inspect
 import itertools
-import sys
 import typing as t
 
 from . import failures, signals
-from .context import publisher
+from .cascade import cascade_of
+from .context import loop_is_running, publisher
 from .errors import HandlerTimeoutError, SyncPublishError
 from .middleware import HandlerCall, Middleware, chain, chain_async
 
@@ -37,33 +37,29 @@ if t.TYPE_CHECKING:
     from .retry import RetryPolicy
     from .transport import Publish, PublishAsync
 
-__all__ = ["Plan", "compile_plan", "loop_is_running"]
+__all__ = ["Plan", "compile_plan", "refuse_awaitable"]
 
 Deliver: t.TypeAlias = c.Callable[["PublishResult"], None]
+Step: t.TypeAlias = tuple[c.Callable[[t.Any], t.Any], "Subscription", Deliver | None]
 DeliverAsync: t.TypeAlias = c.Callable[["PublishResult"], c.Awaitable[None]]
-
-
-def _unbound(event: Event, /) -> PublishResult:
-    raise RuntimeError("this plan was not bound to a transport")
-
-
-async def _unbound_async(event: Event, /) -> PublishResult:
-    raise RuntimeError("this plan was not bound to a transport")
 
 
 @dataclasses.dataclass(slots=True, eq=False)
 class Plan:
     """The compiled dispatch of one event class on one bus.
 
-    ``publish`` and ``publish_async`` are what ``bus.publish(event)`` and
-    ``bus.publish_async(event)`` call: the bus's :class:`~eventbus.Transport`
-    made them for this plan (:meth:`~eventbus.Transport.bind`).
     ``deliver`` and ``deliver_async`` run the handlers on one event (a
     node of a cascade, its :class:`~eventbus.PublishResult`) where it is
-    delivered.
+    delivered. ``publish`` and ``publish_async``, when the bus's
+    :class:`~eventbus.Transport` gave them (:meth:`~eventbus.Transport.bind`),
+    are what ``bus.publish(event)`` and ``bus.publish_async(event)`` call
+    instead of delivering locally.
     """
 
     subscriptions: tuple[Subscription, ...]
+    #: What ``deliver`` loops over: (handler, subscription, None) for a plain handler,
+    #: called straight from the loop; (handler, subscription, runner) for any other.
+    steps: tuple[Step, ...]
     #: Deliver one event (one node of a cascade) to every subscription, on the sync path.
     deliver: Deliver
     #: The same on the async path.
@@ -72,8 +68,9 @@ class Plan:
     has_async: bool
     #: Someone listens to ``event_published`` for this bus.
     announce: bool
-    publish: Publish = dataclasses.field(default=_unbound)
-    publish_async: PublishAsync = dataclasses.field(default=_unbound_async)
+    #: The transport's publish functions for this class; None: the bus delivers locally.
+    publish: Publish | None = None
+    publish_async: PublishAsync | None = None
 
 
 def compile_plan(
@@ -86,7 +83,8 @@ def compile_plan(
 ) -> Plan:
     """Compile the plan of ``subscriptions`` (already in delivery order) for ``bus``."""
     listened = signals.listened(bus)
-    sync_steps: list[tuple[c.Callable[[t.Any], t.Any], Subscription, Deliver | None]] = []
+    hooks = _Hooks(named=signals.event_published in listened) if listened else None
+    sync_steps: list[Step] = []
     async_steps: list[
         tuple[c.Callable[[t.Any], t.Any], Subscription, bool, DeliverAsync | None]
     ] = []
@@ -95,11 +93,13 @@ def compile_plan(
         policy = sub.retry or default_retry
         if policy is not None and policy.max_attempts == 1:
             policy = None  # one attempt: nothing to retry, the plain path may take it
-        layers: list[Middleware] = [_HOOKS] if listened else []
+        layers: list[Middleware] = [hooks] if hooks is not None else []
         layers += [m for m in middleware if m.applies_to(sub)]
         plain = policy is None and not layers and sub.timeout is None and not sub.run_in_thread
         if plain and not sub.is_async:
             sync_steps.append((sub.handler, sub, None))
+        elif hooks is not None and layers == [hooks] and _plain_but_hooked(sub, policy):
+            sync_steps.append((sub.handler, sub, _hooked(bus, sub, hooks._named)))
         else:
             sync_steps.append((sub.handler, sub, _runner(bus, sub, policy, layers, redrive)))
         runner = _runner_async(bus, sub, policy, layers, redrive)
@@ -116,6 +116,8 @@ def compile_plan(
             _unhandled(bus, node)
 
         deliver, deliver_async = deliver_unhandled, deliver_unhandled_async
+        # One step whose runner reports the event; its handler and subscription are never used.
+        sync_steps.append((_never_called, t.cast("Subscription", None), deliver_unhandled))
     else:
         deliver = _sync_loop(bus, tuple(sync_steps))
         if bus.concurrent and len({priority for priority, _ in async_runners}) < len(async_runners):
@@ -124,6 +126,7 @@ def compile_plan(
             deliver_async = _async_loop(bus, tuple(async_steps))
     return Plan(
         subscriptions=tuple(subscriptions),
+        steps=tuple(sync_steps),
         deliver=deliver,
         deliver_async=deliver_async,
         has_async=any(sub.is_async for sub in subscriptions),
@@ -131,21 +134,13 @@ def compile_plan(
     )
 
 
-def loop_is_running() -> bool:
-    """Whether an asyncio event loop runs in this thread (asyncio is not imported for it)."""
-    asyncio = sys.modules.get("asyncio")
-    return asyncio is not None and asyncio.events._get_running_loop() is not None
-
-
 # -- the loops: one per path, over the steps compiled above --------------------------------
 
 
-def _sync_loop(
-    bus: EventBus,
-    steps: tuple[tuple[c.Callable[[t.Any], t.Any], Subscription, Deliver | None], ...],
-) -> Deliver:
+def _sync_loop(bus: EventBus, steps: tuple[Step, ...]) -> Deliver:
     gave_up = failures.gave_up
 
+    # EventBus.publish runs this same loop inline for the event it opens a cascade with.
     def deliver(node: PublishResult) -> None:
         event = node.event
         for handler, sub, run in steps:
@@ -155,7 +150,7 @@ def _sync_loop(
             try:
                 returned = handler(event)
                 if returned is not None:
-                    _refuse_awaitable(sub, returned)
+                    refuse_awaitable(sub, returned)
             except Exception as error:
                 gave_up(bus, node, sub, 1, error)
 
@@ -180,7 +175,7 @@ def _async_loop(
                 else:
                     returned = handler(event)
                     if returned is not None:
-                        _refuse_awaitable(sub, returned)
+                        refuse_awaitable(sub, returned)
             except Exception as error:
                 gave_up(bus, node, sub, 1, error)
 
@@ -265,6 +260,39 @@ def _runner_async(
     return run
 
 
+def _plain_but_hooked(sub: Subscription, policy: RetryPolicy | None) -> bool:
+    return policy is None and sub.timeout is None and not sub.run_in_thread and not sub.is_async
+
+
+def _hooked(bus: EventBus, sub: Subscription, named: bool) -> Deliver:
+    """A plain sync handler on a bus that someone listens to: its one attempt, and the hooks.
+
+    What the retry driver does with the hooks middleware as its only layer,
+    without the chain: the common case of a bus with a tracer or a metrics
+    receiver connected.
+    """
+    handler = sub.handler
+    name = sub.name
+
+    def run(node: PublishResult) -> None:
+        event = node.event
+        token = publisher.set(name) if named else None
+        try:
+            returned = handler(event)
+            if returned is not None:
+                refuse_awaitable(sub, returned)
+        except Exception as error:
+            failures.gave_up(bus, node, sub, 1, error)
+            return
+        finally:
+            if token is not None:
+                publisher.reset(token)
+        if signals.handler_succeeded.receivers:
+            _succeeded(bus, event, name, 1)
+
+    return run
+
+
 def _after_failure(call: HandlerCall, error: Exception, policy: RetryPolicy | None) -> float | None:
     """Record a failed attempt; return the wait before the next one, or None: dead-lettered."""
     bus = call.bus
@@ -290,15 +318,13 @@ def _sync_call(sub: Subscription) -> c.Callable[[Event, HandlerCall], None]:
         def call(event: Event, handler_call: HandlerCall) -> None:
             returned = handler(event)
             if returned is not None:
-                _refuse_awaitable(sub, returned)
+                refuse_awaitable(sub, returned)
 
         return call
     attempt = _async_call(sub)
 
     def run_coroutine(event: Event, handler_call: HandlerCall) -> None:
-        cascade = handler_call.result._cascade
-        assert cascade is not None
-        cascade.run_coroutine(attempt(event, handler_call))
+        cascade_of(handler_call.result).run_coroutine(attempt(event, handler_call))
 
     return run_coroutine
 
@@ -341,14 +367,14 @@ def _async_call(
 
             returned = await asyncio.to_thread(sync_handler, event)
             if returned is not None:
-                _refuse_awaitable(sub, returned)
+                refuse_awaitable(sub, returned)
 
         return call_in_thread
 
     async def call_sync(event: Event, handler_call: HandlerCall) -> None:
         returned = sync_handler(event)
         if returned is not None:
-            _refuse_awaitable(sub, returned)
+            refuse_awaitable(sub, returned)
 
     return call_sync
 
@@ -362,20 +388,29 @@ class _Hooks(Middleware):
     Compiled into a plan only while some signal has a receiver for the bus,
     so a bus that nobody listens to pays nothing. Once in, it looks at the
     receivers when each run ends, so a receiver connected while a handler
-    runs (a ``Trace`` opened inside a handler) still hears it finish.
+    runs (a ``Trace`` opened inside a handler) still hears it finish. The
+    running handler's name (for ``event_published``'s ``publisher=``) is
+    kept only while that signal has a receiver for the bus.
     """
 
-    __slots__ = ()
+    __slots__ = ("_named",)
+
+    def __init__(self, *, named: bool) -> None:
+        self._named = named
 
     def handle(
         self, call_next: c.Callable[[Event, HandlerCall], None], event: Event, call: HandlerCall, /
     ) -> None:
-        token = publisher.set(call.subscription.name)
-        try:
+        if self._named:
+            token = publisher.set(call.subscription.name)
+            try:
+                call_next(event, call)
+            finally:
+                publisher.reset(token)
+        else:
             call_next(event, call)
-        finally:
-            publisher.reset(token)
-        _succeeded(event, call)
+        if signals.handler_succeeded.receivers:
+            _succeeded(call.bus, event, call.subscription.name, call.attempt)
 
     async def handle_async(
         self,
@@ -384,28 +419,27 @@ class _Hooks(Middleware):
         call: HandlerCall,
         /,
     ) -> None:
-        token = publisher.set(call.subscription.name)
-        try:
+        if self._named:
+            token = publisher.set(call.subscription.name)
+            try:
+                await call_next(event, call)
+            finally:
+                publisher.reset(token)
+        else:
             await call_next(event, call)
-        finally:
-            publisher.reset(token)
-        _succeeded(event, call)
+        if signals.handler_succeeded.receivers:
+            _succeeded(call.bus, event, call.subscription.name, call.attempt)
 
 
-_HOOKS = _Hooks()
-
-
-def _succeeded(event: Event, call: HandlerCall) -> None:
-    signals.send(
-        signals.handler_succeeded,
-        call.bus,
-        event=event,
-        handler=call.subscription.name,
-        attempts=call.attempt,
-    )
+def _succeeded(bus: EventBus, event: Event, handler: str, attempts: int) -> None:
+    signals.send(signals.handler_succeeded, bus, event=event, handler=handler, attempts=attempts)
 
 
 # -- small things the paths share ---------------------------------------------------------
+
+
+def _never_called(event: Event) -> None:
+    raise AssertionError("the step of an unhandled event has a runner")
 
 
 def _unhandled(bus: EventBus, node: PublishResult) -> None:
@@ -422,7 +456,7 @@ def _cannot_run_here(bus: EventBus, node: PublishResult, sub: Subscription) -> N
     failures.gave_up(bus, node, sub, 0, error)
 
 
-def _refuse_awaitable(sub: Subscription, returned: object) -> None:
+def refuse_awaitable(sub: Subscription, returned: object) -> None:
     """A sync handler that returns an awaitable would otherwise be silently skipped."""
     if inspect.isawaitable(returned):
         if inspect.iscoroutine(returned):

@@ -17,9 +17,10 @@ import uuid
 from datetime import timedelta
 
 from . import signals
-from .cascade import bind
+from .cascade import open_root, run, run_async
+from .context import loop_is_running
 from .dead_letters import DeadLetter, DeadLetterStore, UndefinedEvent
-from .errors import RedriveError
+from .errors import RedriveError, SyncPublishError
 from .plans import Plan, compile_plan
 
 if t.TYPE_CHECKING:
@@ -60,15 +61,19 @@ class RedriveOutcome:
 
 
 def redrive(bus: EventBus, letter: DeadLetter, store: DeadLetterStore) -> PublishResult:
-    publish, _ = bind(bus, _plan(bus, letter), redriving=(letter, store))
-    result = publish(letter.event)
+    plan = _plan(bus, letter)
+    if plan.has_async and loop_is_running():
+        raise SyncPublishError(
+            f"redrive() cannot run the async handler {letter.handler} inside a running "
+            "event loop; use `await bus.redrive_async(letter)` instead"
+        )
+    result = run(open_root(bus, letter.event, (letter, store)), plan)
     _settle(bus, letter, store, result)
     return result
 
 
 async def redrive_async(bus: EventBus, letter: DeadLetter, store: DeadLetterStore) -> PublishResult:
-    _, publish_async = bind(bus, _plan(bus, letter), redriving=(letter, store))
-    result = await publish_async(letter.event)
+    result = await run_async(open_root(bus, letter.event, (letter, store)), _plan(bus, letter))
     _settle(bus, letter, store, result)
     return result
 

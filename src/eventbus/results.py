@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as t
 
 if t.TYPE_CHECKING:
+    from .bus import EventBus
     from .cascade import Cascade
     from .dead_letters import DeadLetter
     from .events import Event
@@ -25,15 +26,19 @@ class PublishResult:
     as the cascade proceeds, and complete when the top-level call returns.
     """
 
-    # The underscored slots place the event in its cascade while it runs (the event whose
-    # handler published it, and the cascade): one object per event keeps publishing short.
-    __slots__ = ("_cascade", "_parent", "dead_letters", "event")
+    # The underscored slots place the event in its cascade while it runs: the bus, the
+    # result of the event whose handler published it, the cascade (made when the first
+    # event is queued in it), and on a root whether its top-level call has ended. One
+    # object per event, and none more for a publish whose handlers publish nothing.
+    __slots__ = ("_bus", "_cascade", "_closed", "_parent", "dead_letters", "event")
 
     def __init__(self, event: Event, dead_letters: list[DeadLetter] | None = None) -> None:
         self.event = event
         self.dead_letters: list[DeadLetter] = dead_letters if dead_letters is not None else []
+        self._bus: EventBus | None = None
         self._parent: PublishResult | None = None
         self._cascade: Cascade | None = None
+        self._closed = True
 
     @property
     def ok(self) -> bool:

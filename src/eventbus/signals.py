@@ -87,10 +87,12 @@ _listeners: weakref.WeakValueDictionary[c.Hashable, Listener] = weakref.WeakValu
 
 def watch(listener: Listener, /) -> None:
     """Have ``listener._hooks_changed()`` called whenever receivers for it change."""
+    _held.clear()  # a new sender may reuse the id of one that is gone
     _listeners[make_id(listener)] = listener
 
 
 def _changed(sender_id: c.Hashable | None) -> None:
+    _held.clear()
     if sender_id is None:
         for listener in list(_listeners.values()):
             listener._hooks_changed()
@@ -179,7 +181,15 @@ def send(signal: NamedSignal, sender: object, /, **kwargs: object) -> None:
     """
     if not signal.receivers:
         return
-    for receiver in _in_connection_order(signal, list(signal.receivers_for(sender))):
+    key = (id(signal), id(sender))
+    held = _held.get(key)
+    if held is None:
+        ordered = _in_connection_order(signal, list(signal.receivers_for(sender)))
+        held = _held[key] = tuple(signal.receivers.get(make_id(r), r) for r in ordered)
+    for reference in held:
+        receiver = reference() if isinstance(reference, weakref.ref) else reference
+        if receiver is None:  # collected since: blinker's clean-up clears this cache
+            continue
         try:
             returned = receiver(sender, **kwargs)
             if inspect.iscoroutine(returned):
@@ -192,6 +202,11 @@ def send(signal: NamedSignal, sender: object, /, **kwargs: object) -> None:
             logger.exception(
                 "signal receiver %s of %s raised; dispatch goes on", _name(receiver), signal.name
             )
+
+
+#: The receivers of (signal, sender), in connection order, as blinker holds them (weakly or
+#: not): worked out on the first send after any connect or disconnect, then reused.
+_held: dict[tuple[int, int], tuple[t.Any, ...]] = {}
 
 
 def _in_connection_order(signal: NamedSignal, chosen: list[t.Any]) -> list[t.Any]:

@@ -1,11 +1,11 @@
 """Transport: the one pluggable step that decides what ``publish`` does with an event.
 
-``EventBus.publish(event)`` calls the publish function that the bus's
-transport compiled for the event's class, and returns what it returns. The
-default, :class:`LocalTransport` (``eventbus.cascade``), delivers the event in
-this process: to its handlers, and with the events they publish, as one
-cascade. A broker's transport appends it to a stream instead, and an
-outbox's writes it to a table; handlers do not change.
+When the bus compiles the plan of an event class, its transport says what
+``publish`` does with the events of that class: deliver them in this
+process, to their handlers and with the events those publish, as one
+cascade (the default, :class:`LocalTransport`), or call the functions the
+transport returns instead: a broker's appends the event to a stream, an
+outbox's writes it to a table. Handlers do not change.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ class Transport(t.Protocol):
 
     The choice is made once per event class, when the bus compiles that
     class's plan, not once per event: ``bind`` returns the two functions
-    that ``publish`` and ``publish_async`` then call with each event. A
-    transport that delivers in this process calls ``plan.deliver(result)``;
-    one that hands events to a broker does not deliver at all.
+    that ``publish`` and ``publish_async`` then call with each event, or
+    None to have the bus deliver the events of that class in this process
+    (what :class:`~eventbus.LocalTransport` always answers).
     """
 
-    def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync]:
-        """The (sync, async) publish functions of ``plan``'s event class on ``bus``."""
+    def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync] | None:
+        """The (sync, async) publish functions of ``plan``'s event class, or None: local."""
         ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import linecache
 import os
 import socket
 import traceback as tb
@@ -109,28 +110,48 @@ class DeadLetter:
 
 
 def format_traceback(error: BaseException) -> str:
-    """``error``'s traceback, as ``traceback.format_exception`` prints it, without the carets.
+    """``error``'s traceback, as ``traceback.format_exception`` prints it, less the carets.
 
-    Python 3.11 underlines the failing part of each line (``^^^^``), which it
-    finds by parsing every line of the stack again: most of the cost of a
-    dead letter, for marks that the line's text already shows.
+    Python 3.11 locates the failing part of each line (``^^^^``) by decoding
+    every frame's position table, and checks each source file on disk: most
+    of the cost of a dead letter, for marks that the line's text already
+    shows. This walks the frames itself; chained exceptions are shown as
+    Python shows them. Exception groups take the standard formatter.
     """
-    formatted = tb.TracebackException.from_exception(error)
-    seen: set[int] = set()
-    pending = [formatted]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for frame in current.stack:
-            frame.colno = None
-        pending.extend(
-            linked
-            for linked in (current.__cause__, current.__context__, *(current.exceptions or ()))
-            if linked is not None
-        )
-    return "".join(formatted.format())
+    if isinstance(error, BaseExceptionGroup):
+        return "".join(tb.format_exception(error))
+    parts: list[str] = []
+    _format_chain(error, parts, set())
+    return "".join(parts)
+
+
+def _format_chain(error: BaseException, parts: list[str], seen: set[int]) -> None:
+    seen.add(id(error))
+    cause, context = error.__cause__, error.__context__
+    if cause is not None and id(cause) not in seen:
+        _format_chain(cause, parts, seen)
+        parts.append(_CAUSE)
+    elif context is not None and not error.__suppress_context__ and id(context) not in seen:
+        _format_chain(context, parts, seen)
+        parts.append(_CONTEXT)
+    frames = error.__traceback__
+    if frames is not None:
+        parts.append("Traceback (most recent call last):\n")
+        while frames is not None:
+            frame = frames.tb_frame
+            code = frame.f_code
+            lineno = frames.tb_lineno
+            parts.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
+            if lineno is not None:
+                line = linecache.getline(code.co_filename, lineno, frame.f_globals).strip()
+                if line:
+                    parts.append(f"    {line}\n")
+            frames = frames.tb_next
+    parts.extend(tb.format_exception_only(type(error), error))
+
+
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
 def describe(error: BaseException) -> str:
