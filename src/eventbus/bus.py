@@ -124,7 +124,9 @@ class EventBus(HandlerRegistry):
         Called from inside a handler, it queues the event to run after the
         current event's handlers, and returns at once.
 
-        (What the bus's transport does: by default, this.)
+        All of this is the default transport's way; a bus whose transport
+        took the event's class (``EventBus(transport=...)``) hands the event
+        to the transport instead and returns its result.
         """
         plan = self._compiled.get(type(event)) or self._compile(type(event))
         if plan.publish is not None:  # the transport takes the events of this class
