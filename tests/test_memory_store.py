@@ -15,6 +15,7 @@ from eventbus import (
     EventBus,
     InMemoryDeadLetterStore,
 )
+from eventbus.dead_letters import DeadLetterStoreError
 
 
 class Billed(Event):
@@ -53,9 +54,10 @@ def test_refuse_raises_and_keeps_the_old_letters() -> None:
     store = InMemoryDeadLetterStore(max_letters=1, when_full="refuse")
     kept = _letter(1)
     store.add(kept)
-    with pytest.raises(DeadLetterStoreFullError, match="max_letters=1"):
+    with pytest.raises(DeadLetterStoreFullError, match="max_letters=1") as refused:
         store.add(_letter(2))
     assert list(store) == [kept]
+    assert isinstance(refused.value, DeadLetterStoreError)  # what every store's errors share
 
 
 def test_refused_letter_stays_in_the_result_and_is_logged_critical(

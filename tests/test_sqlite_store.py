@@ -244,14 +244,17 @@ def test_bus_stores_its_letters_and_redrive_removes_them(store: SQLiteDeadLetter
 # -- SQLite: opening -----------------------------------------------------------------------
 
 
-def test_a_new_store_is_wal_full_and_versioned(
+def test_a_new_store_is_wal_full_versioned_and_marked(
     store: SQLiteDeadLetterStore, path: pathlib.Path
 ) -> None:
+    assert not path.exists()  # until the first add
+    store.add(_letter())
     assert path.exists()
     with _raw(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
-        assert sqlite_module.SCHEMA_VERSION == 1
+        assert db.execute("PRAGMA application_id").fetchone() == (0x4542444C,)
+        assert sqlite_module.SCHEMA_VERSION == 2
     with store._connection() as db:
         assert db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
         assert db.execute("PRAGMA busy_timeout").fetchone() == (30_000,)
@@ -284,11 +287,11 @@ def test_a_newer_schema_version_is_refused(path: pathlib.Path) -> None:
     with SQLiteDeadLetterStore(path) as store:
         store.add(letter)
     with _raw(path) as db:
-        db.execute("PRAGMA user_version = 2")
-    with pytest.raises(sqlite3.DatabaseError, match=r"version 2, newer than version 1"):
+        db.execute("PRAGMA user_version = 3")
+    with pytest.raises(sqlite3.DatabaseError, match=r"version 3, newer than version 2"):
         SQLiteDeadLetterStore(path)
     with _raw(path) as db:  # refused, not altered
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
         assert db.execute("SELECT id FROM dead_letters").fetchall() == [(str(letter.id),)]
 
 
@@ -300,19 +303,19 @@ def test_an_older_schema_is_migrated_one_step_at_a_time(
         store.add(letter)
     steps: list[int] = []
 
-    def _add_note_v2(db: sqlite3.Connection) -> None:
+    def _add_note_v3(db: sqlite3.Connection) -> None:
         steps.append(db.execute("PRAGMA user_version").fetchone()[0])
         db.execute("ALTER TABLE dead_letters ADD COLUMN note TEXT NOT NULL DEFAULT ''")
 
-    monkeypatch.setattr(sqlite_module, "_MIGRATIONS", [*sqlite_module._MIGRATIONS, _add_note_v2])
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(sqlite_module, "_MIGRATIONS", [*sqlite_module._MIGRATIONS, _add_note_v3])
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 3)
     with SQLiteDeadLetterStore(path) as store:
         assert list(store) == [letter]
-    with SQLiteDeadLetterStore(path) as store:  # already at version 2: nothing runs
+    with SQLiteDeadLetterStore(path) as store:  # already at version 3: nothing runs
         assert len(store) == 1
-    assert steps == [1]
+    assert steps == [2]
     with _raw(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
         assert db.execute("SELECT note FROM dead_letters").fetchall() == [("",)]
 
 

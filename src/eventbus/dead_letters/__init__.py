@@ -8,25 +8,31 @@ import typing as t
 
 from .letter import NO_HANDLER, DeadLetter, UndefinedEvent
 from .memory import InMemoryDeadLetterStore
-from .protocol import DeadLetterStore, DeadLetterStoreFullError
+from .protocol import DeadLetterStore, DeadLetterStoreError, DeadLetterStoreFullError
 
 if t.TYPE_CHECKING:
-    from .sqlite import SQLiteDeadLetterStore
+    from .sqlite import SQLiteDeadLetterStore, SQLiteDeadLetterStoreError
 
 __all__ = [
     "NO_HANDLER",
     "DeadLetter",
     "DeadLetterStore",
+    "DeadLetterStoreError",
     "DeadLetterStoreFullError",
     "InMemoryDeadLetterStore",
     "SQLiteDeadLetterStore",
+    "SQLiteDeadLetterStoreError",
     "UndefinedEvent",
 ]
 
 
 def __getattr__(name: str) -> t.Any:
-    if name == "SQLiteDeadLetterStore":  # sqlite3 is imported only by those who use it
-        from .sqlite import SQLiteDeadLetterStore
+    if name in ("SQLiteDeadLetterStore", "SQLiteDeadLetterStoreError"):
+        from .sqlite import SQLiteDeadLetterStore, SQLiteDeadLetterStoreError
 
-        return SQLiteDeadLetterStore
+        # sqlite3 is imported only by those who use it
+        return {
+            "SQLiteDeadLetterStore": SQLiteDeadLetterStore,
+            "SQLiteDeadLetterStoreError": SQLiteDeadLetterStoreError,
+        }[name]
     raise AttributeError(f"module 'eventbus.dead_letters' has no attribute {name!r}")

@@ -30,9 +30,17 @@ class UndefinedEvent(Event):
 
     Its ``event_type`` is not defined here (the module was not imported, or
     the class was renamed), or its stored JSON no longer validates against
-    the class. A store returns it instead of losing the letter: the original
+    the class. A store returns it instead of losing the letter: the stored
     JSON is in ``payload``, the cause in ``reason``. Such a letter can be
     listed, shown and purged; to redrive it, define (import) the event class.
+
+    ``redrivable`` is False when no class can rebuild the event: the store
+    could not keep it faithfully (it did not serialize to JSON that
+    validates back into an equal event, or it was over the store's size
+    limit) and ``payload`` is a best-effort copy, or its row could not be
+    read. ``reason`` then says so ("cannot be redriven: ...", "row
+    unreadable: ..."), and the mark stays with the letter when it is added
+    to another store.
     """
 
     event_type = "eventbus.UndefinedEvent"
@@ -40,6 +48,7 @@ class UndefinedEvent(Event):
     stored_type: str
     payload: str
     reason: str = ""
+    redrivable: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

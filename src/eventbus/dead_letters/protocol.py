@@ -11,10 +11,19 @@ from ..errors import EventBusError
 if t.TYPE_CHECKING:
     from .letter import DeadLetter
 
-__all__ = ["DeadLetterStore", "DeadLetterStoreFullError"]
+__all__ = ["DeadLetterStore", "DeadLetterStoreError", "DeadLetterStoreFullError"]
 
 
-class DeadLetterStoreFullError(EventBusError):
+class DeadLetterStoreError(EventBusError):
+    """A dead-letter store cannot be opened, read or written.
+
+    The message names the store (for a file, its path), the cause and the
+    fix. ``SQLiteDeadLetterStore`` raises its subclass
+    ``SQLiteDeadLetterStoreError``, which is also a ``sqlite3.DatabaseError``.
+    """
+
+
+class DeadLetterStoreFullError(DeadLetterStoreError):
     """A bounded store refused a letter (``when_full="refuse"``)."""
 
 

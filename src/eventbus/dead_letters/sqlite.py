@@ -9,9 +9,20 @@ and rebuilt with ``Event.class_for(event_type)``: nothing is pickled, nothing
 is imported by name. A letter whose event cannot be rebuilt in the reading
 process comes back with an :class:`UndefinedEvent`, never dropped.
 
-The schema version is ``PRAGMA user_version``. ``_MIGRATIONS[n]`` takes a
-database from version ``n`` to ``n + 1``; to change the schema, append one
-function. A file made by a newer eventbus is refused, never altered.
+Every letter is stored: one whose event does not serialize to JSON that
+validates back into an equal event (checked when it is added), or is over
+``max_event_bytes``, is stored with what can be kept of it and a mark
+(the ``not_redrivable`` column) saying why it cannot be redriven. Every row
+is read: one that cannot be parsed comes back as a letter whose event is an
+``UndefinedEvent`` ("row unreadable: ...").
+
+The file is ours when its ``PRAGMA application_id`` is :data:`APPLICATION_ID`
+(or, for files of schema version 1, written before the id was set, when it
+has our ``dead_letters`` table); any other SQLite file is refused, never
+altered. The schema version is ``PRAGMA user_version``. ``_MIGRATIONS[n]``
+takes a database from version ``n`` to ``n + 1``; to change the schema,
+append one function. A file made by a newer eventbus is refused, never
+altered.
 """
 
 from __future__ import annotations
@@ -19,9 +30,11 @@ from __future__ import annotations
 import collections.abc as c
 import contextlib
 import json
+import math
 import os
 import pathlib
 import sqlite3
+import stat
 import threading
 import time
 import typing as t
@@ -29,12 +42,51 @@ import uuid
 import weakref
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..events import Event, UnknownEventTypeError
-from .letter import DeadLetter, UndefinedEvent
+from .letter import DeadLetter, UndefinedEvent, _bounded, describe
+from .protocol import DeadLetterStoreError
 
-__all__ = ["SQLiteDeadLetterStore"]
+__all__ = ["SQLiteDeadLetterStore", "SQLiteDeadLetterStoreError"]
+
+#: ``PRAGMA application_id`` of every eventbus dead-letter store: ASCII "EBDL".
+APPLICATION_ID = 0x4542444C
+
+#: The default of ``max_event_bytes``: 16 MiB of JSON per event.
+DEFAULT_MAX_EVENT_BYTES = 16 * 2**20
+
+#: The path that makes a private in-memory store (SQLite's convention).
+MEMORY = ":memory:"
+
+#: Where the ids of letters whose stored id is not a UUID come from: uuid5(_ODD_IDS, text).
+_ODD_IDS = uuid.UUID("51212846-3b86-4968-8261-509659b15a9e")
+
+#: A row's time that cannot be read.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: Room left in a row for the columns besides the event (SQLite bounds a row's size).
+_ROW_MARGIN = 2**20
+
+
+class SQLiteDeadLetterStoreError(DeadLetterStoreError, sqlite3.DatabaseError):
+    """A SQLite dead-letter store cannot be opened, read or written; the message names the file.
+
+    Both a :class:`DeadLetterStoreError` and a ``sqlite3.DatabaseError``.
+    Raised when the path cannot hold a store (a directory; a directory that
+    is missing or not writable, for a new file), the file is another
+    application's or was written by a newer eventbus, it is damaged, or it is
+    read-only and a letter is added or removed. When SQLite reported the
+    cause, ``sqlite_errorcode`` and ``sqlite_errorname`` are SQLite's.
+    """
+
+
+def _store_error(message: str, cause: BaseException | None = None) -> SQLiteDeadLetterStoreError:
+    error = SQLiteDeadLetterStoreError(message)
+    if isinstance(cause, sqlite3.Error) and hasattr(cause, "sqlite_errorcode"):
+        error.sqlite_errorcode = cause.sqlite_errorcode
+        error.sqlite_errorname = cause.sqlite_errorname
+    return error
 
 
 def _create_v1(db: sqlite3.Connection) -> None:
@@ -60,27 +112,52 @@ def _create_v1(db: sqlite3.Connection) -> None:
     )
 
 
+def _add_not_redrivable_v2(db: sqlite3.Connection) -> None:
+    """Version 2: ``not_redrivable``, NULL, or why the stored event cannot be redriven."""
+    db.execute("ALTER TABLE dead_letters ADD COLUMN not_redrivable TEXT")
+
+
 #: ``_MIGRATIONS[n]`` upgrades a database at ``user_version`` n to n + 1, inside the
 #: transaction that then sets the new ``user_version``. Only ever append.
-_MIGRATIONS: list[c.Callable[[sqlite3.Connection], None]] = [_create_v1]
+_MIGRATIONS: list[c.Callable[[sqlite3.Connection], None]] = [_create_v1, _add_not_redrivable_v2]
 
 #: The schema version this code reads and writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
 
+#: The columns of version 1: a file with this table and no application_id is an old store.
+_V1_COLUMNS = frozenset(
+    {
+        *("seq", "id", "event_type", "event", "handler", "attempts", "error_type"),
+        *("error_message", "traceback", "failed_at", "first_failed_at", "host", "pid"),
+    }
+)
+
 _COLUMNS = (
     "id, event_type, event, handler, attempts, error_type, error_message, traceback, "
-    "failed_at, first_failed_at, host, pid"
+    "failed_at, first_failed_at, host, pid, not_redrivable"
 )
+#: What a version 1 file that cannot be upgraded (it is read-only) is read with.
+_COLUMNS_V1 = _COLUMNS.replace("not_redrivable", "NULL")
 _ADD = (
-    f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     # A letter already stored (a redrive that failed again) is updated in place: same seq.
     "ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in _COLUMNS.split(", ")[1:])
 )
 _PAGE = 256  # rows read per query while iterating
 
+#: An id as eventbus writes it (``str(uuid)``); rows whose id is not are looked up by scanning.
+_CANONICAL_ID = "-".join("[0-9a-f]" * n for n in (8, 4, 4, 4, 12))
+_ODD_ID_ROWS = (
+    "SELECT seq, id FROM dead_letters "
+    f"WHERE NOT (typeof(id) = 'text' AND id GLOB '{_CANONICAL_ID}')"
+)
+
 #: A row as written (the columns of ``_COLUMNS``, in order); as read, SQLite gives Any.
-_Row = tuple[str, str, str, str, int, str, str, str, str, str, str, int]
+_Row = tuple[str, str, str, str, int, str, str, str, str, str, str, int, str | None]
+
+_Kind = t.Literal["empty", "older", "current"]
+_T = t.TypeVar("_T")
 
 
 class SQLiteDeadLetterStore:
@@ -91,26 +168,57 @@ class SQLiteDeadLetterStore:
         bus = EventBus(dead_letters=SQLiteDeadLetterStore("dlq.db"))
 
     A letter added by one process is listed, redriven and removed by any
-    other that opens the same file. ``create=False`` opens an existing store
-    only: a missing file raises :class:`FileNotFoundError` and nothing is
-    created. ``timeout`` is how many seconds an operation waits for another
-    connection's write to finish before ``sqlite3.OperationalError``
-    ("database is locked").
+    other that opens the same file. The file is created by the first
+    ``add``, not before: until then the store is empty, and making one (say,
+    when a module is imported) leaves no file behind; the path is checked
+    at once (its directory must exist and be writable). An existing file is
+    opened, and checked to be a dead-letter store, at once. ``create=False``
+    opens an existing store only: a missing file raises
+    :class:`FileNotFoundError` and nothing is created. ``timeout`` is how
+    many seconds an operation waits for another connection's write to
+    finish before ``sqlite3.OperationalError`` ("database is locked").
+    ``SQLiteDeadLetterStore(":memory:")`` is a private in-memory store (no
+    file; its letters go with it), like SQLite's own ``":memory:"``; a file
+    named so is ``"./:memory:"``.
+
+    Every letter is stored. Adding checks that the event's JSON validates
+    back into an equal event (NaN equal to NaN); if it does not, or the
+    event does not serialize at all, or its JSON is over ``max_event_bytes``
+    (16 MiB by default; None: no limit but SQLite's own), the letter is
+    stored with what can be kept of the event and marked: read back, its
+    ``event`` is an :class:`UndefinedEvent` with ``redrivable=False`` and a
+    ``reason`` that says why and what to do. Text SQLite cannot store (lone
+    surrogates, as ``os.fsdecode`` makes of undecodable bytes) is stored
+    backslash-escaped (``"\\udcff"``).
+
+    Every row is read: a row that cannot be parsed (text that is not UTF-8,
+    a time that is not ISO 8601, an id that is not a UUID) comes back as a
+    letter whose event is an ``UndefinedEvent`` with ``redrivable=False``
+    and the reason ``"row unreadable: ..."``; undecodable bytes are read as
+    U+FFFD, an unreadable time as the Unix epoch, an unreadable number as 0,
+    and an id that is not a UUID as ``uuid5`` of its text, which ``get`` and
+    ``remove`` accept.
 
     Besides the :class:`DeadLetterStore` protocol: ``close()`` (also on
-    leaving a ``with`` block) and the ``path`` attribute. Give the store a
-    file of its own: its schema version is the file's ``PRAGMA
-    user_version``. A file that is not a dead-letter store, or was written
-    by a newer eventbus (a higher schema version), raises
-    ``sqlite3.DatabaseError``. A store inherited across ``fork()`` opens a
-    connection of its own in the child when the child first uses it.
+    leaving a ``with`` block), and the ``path`` and ``max_event_bytes``
+    attributes. Give the store a file of its own: it is marked with
+    ``PRAGMA application_id`` 0x4542444C ("EBDL"), and its schema version is
+    the file's ``PRAGMA user_version``. A file that is not a dead-letter
+    store (another application's), was written by a newer eventbus, is
+    damaged, or cannot be opened raises :class:`SQLiteDeadLetterStoreError`
+    (a ``sqlite3.DatabaseError``) naming the file, and is left unchanged. A
+    file this user cannot write (a read-only file or directory) is opened
+    read-only: letters can be listed and read, and adding or removing one
+    raises ``SQLiteDeadLetterStoreError``. A store inherited across
+    ``fork()`` opens a connection of its own in the child when the child
+    first uses it (an in-memory store starts empty there).
 
     Reading rebuilds each event with ``Event.class_for(event_type)``; if that
     type is not defined in this process, or its stored JSON no longer
     validates, the letter's ``event`` is an :class:`UndefinedEvent` holding
     the stored JSON (the letter's ``event_type`` stays the stored name).
-    Adding such a letter stores its original type and JSON again. Datetimes
-    are stored in UTC; a naive one is taken to be UTC.
+    Adding such a letter stores its original type, JSON and mark again.
+    Datetimes are stored in UTC; a naive one is taken to be UTC.
     """
 
     # One connection behind a lock, not one per thread: close() then closes
@@ -120,114 +228,341 @@ class SQLiteDeadLetterStore:
     # operation is a short statement, so the lock is held briefly (longer only
     # while another process writes, which a second connection would wait for
     # too). Processes coordinate through SQLite's file locks and the busy timeout.
+    # The same design makes ":memory:" work: one connection, one private database.
 
     def __init__(
-        self, path: str | os.PathLike[str], *, create: bool = True, timeout: float = 30.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        timeout: float = 30.0,
+        max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        if max_event_bytes is not None and (
+            isinstance(max_event_bytes, bool)
+            or not isinstance(max_event_bytes, int)
+            or max_event_bytes < 1024
+        ):
+            raise ValueError(
+                f"max_event_bytes must be None (no limit) or an int >= 1024, "
+                f"got {max_event_bytes!r}"
+            )
         if sqlite3.sqlite_version_info < (3, 24, 0):  # for INSERT ... ON CONFLICT (upsert)
             raise RuntimeError(
                 f"SQLiteDeadLetterStore needs SQLite 3.24 or newer; this Python's sqlite3 "
                 f"module uses SQLite {sqlite3.sqlite_version}"
             )
         self.path = pathlib.Path(path)
+        self.max_event_bytes = max_event_bytes
+        self._memory = os.fspath(path) == MEMORY
+        if self._memory and not create:
+            raise ValueError(
+                'SQLiteDeadLetterStore(":memory:") is a new, empty store: create=False, which '
+                "opens an existing store only, cannot apply; drop create=False, or give a file"
+            )
+        self._name = repr(str(self.path))
         self._create = create
         self._timeout = float(timeout)
         self._lock = threading.Lock()
         self._closed = False
-        # None after a fork until this process first uses the store: then it opens its own.
-        self._db: sqlite3.Connection | None = self._connect(create=create)
+        self._columns = _COLUMNS  # what this file's rows are read with
+        self._length_limit = 1_000_000_000  # SQLite's default; the connection's once opened
+        # None until the file exists (no file is created before the first add), and
+        # after a fork until this process first uses the store: then it opens its own.
+        self._db: sqlite3.Connection | None = None
+        if self._memory or self._locate():
+            self._db = self._connect()
         # Connections inherited across fork(): never used nor closed in the child.
         self._inherited: list[sqlite3.Connection] = []
         _open_stores.add(self)
 
     # -- opening ------------------------------------------------------------------
 
-    def _connect(self, *, create: bool) -> sqlite3.Connection:
-        if not create and not self.path.exists():
+    def _locate(self) -> bool:
+        """True if the file exists; False if it can be created; a clear error otherwise."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None
+        except OSError as error:  # a directory of the path cannot be searched, ...
+            raise _store_error(
+                f"cannot open the dead-letter store {self._name}: {error.strerror}; check the "
+                "permissions of the directories on its path",
+                error,
+            ) from None
+        if mode is not None:
+            if stat.S_ISDIR(mode):
+                raise _store_error(
+                    f"{self._name} is a directory, not a dead-letter store file; give the path "
+                    f"of a file in it, such as {str(self.path / 'dead_letters.db')!r}"
+                )
+            return True
+        if not self._create:
             raise FileNotFoundError(
                 f"no dead-letter store at {str(self.path)!r} (create=False creates none); "
                 "check the path"
             )
-        # mode=rw never creates the file, even if it disappears after the check above.
-        uri = self.path.absolute().as_uri() + ("?mode=rwc" if create else "?mode=rw")
+        parent = self.path.absolute().parent
+        if not os.path.isdir(parent):
+            problem = "is not a directory" if os.path.exists(parent) else "does not exist"
+            raise _store_error(
+                f"cannot create the dead-letter store {self._name}: its directory "
+                f"{str(parent)!r} {problem}; create the directory first, or check the path"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise _store_error(
+                f"cannot create the dead-letter store {self._name}: its directory "
+                f"{str(parent)!r} is not writable by this user; make it writable, or choose "
+                "another path"
+            )
+        return False
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open this process's connection: to the file, created if need be, or to memory."""
+        try:
+            if self._memory:
+                return self._open_memory()
+            exists = self._locate()
+            uri = self.path.absolute().as_uri()
+            try:
+                # mode=rw never creates the file, even if it disappears after the check above.
+                return self._open(uri + ("?mode=rw" if exists else "?mode=rwc"), read_only=False)
+            except sqlite3.OperationalError as error:
+                if not exists or _code(error) not in (sqlite3.SQLITE_READONLY, _CANTOPEN):
+                    raise
+                return self._open_read_only(uri, error)
+        except sqlite3.DatabaseError as error:
+            raise self._failure(error) from None
+
+    def _open(self, uri: str, *, read_only: bool) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; writes use BEGIN IMMEDIATE.
         db = sqlite3.connect(
             uri, uri=True, timeout=self._timeout, isolation_level=None, check_same_thread=False
         )
         try:
-            self._prepare(db, create=create)
+            self._columns = self._prepare(db, read_only=read_only)
+            self._length_limit = db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
         except BaseException:
             db.close()
             raise
         return db
 
-    def _prepare(self, db: sqlite3.Connection, *, create: bool) -> None:
+    def _open_read_only(self, uri: str, cause: sqlite3.Error) -> sqlite3.Connection:
+        """The file when this user cannot write it or its directory: immutable, for reading."""
+        # A WAL file needs its -shm file, which a read-only directory cannot hold:
+        # SQLite then reads it only as immutable, which ignores the -wal file.
+        if not os.access(self.path, os.R_OK):
+            raise _store_error(
+                f"cannot open the dead-letter store {self._name}: the file is not readable by "
+                f"this user ({cause}); check its permissions",
+                cause,
+            )
+        wal = self.path.with_name(self.path.name + "-wal")
+        with contextlib.suppress(OSError):
+            if wal.stat().st_size > 0:
+                raise _store_error(
+                    f"cannot open the dead-letter store {self._name}: its directory is not "
+                    f"writable by this user and its write-ahead log {wal.name!r} holds letters "
+                    f"that SQLite reads only with a writable directory ({cause}); open it as a "
+                    "user who can write the directory",
+                    cause,
+                )
+        return self._open(uri + "?mode=ro&immutable=1", read_only=True)
+
+    def _open_memory(self) -> sqlite3.Connection:
+        db = sqlite3.connect(MEMORY, isolation_level=None, check_same_thread=False)
+        with _write(db):
+            for migrate in _MIGRATIONS:
+                migrate(db)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        self._length_limit = db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        return db
+
+    def _prepare(self, db: sqlite3.Connection, *, read_only: bool) -> str:
+        """Check that the file is a store, make it one if it is empty; the columns to read."""
+        db.text_factory = _text  # the file may be anyone's: its names may not be UTF-8
         try:
-            mode = self._wal(db)
-        except sqlite3.OperationalError:
-            raise
-        except sqlite3.DatabaseError as error:  # "file is not a database"
-            raise sqlite3.DatabaseError(
-                f"{str(self.path)!r} is not a dead-letter store: {error}"
-            ) from error
+            kind, version = self._retrying(lambda: self._first_look(db, read_only=read_only))
+        finally:
+            db.text_factory = str
+        if read_only:
+            return _COLUMNS if version >= 2 else _COLUMNS_V1
+        db.execute("PRAGMA synchronous = FULL")
+        if kind == "current":
+            return _COLUMNS
+        try:
+            with _write(db):
+                kind, version = self._identify(db)  # another process may have migrated meanwhile
+                for migrate in _MIGRATIONS[version:]:
+                    migrate(db)
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        except sqlite3.OperationalError as error:
+            if _code(error) != sqlite3.SQLITE_READONLY or kind == "empty":
+                raise
+            # An older store this user cannot upgrade (a read-only file): read it as it is.
+            return _COLUMNS if version >= 2 else _COLUMNS_V1
+        return _COLUMNS
+
+    def _first_look(self, db: sqlite3.Connection, *, read_only: bool) -> tuple[_Kind, int]:
+        try:
+            with _read(db):  # one snapshot: another connection may be creating the store
+                kind, version = self._identify(db)
+        except sqlite3.DatabaseError as error:
+            if _code(error) != sqlite3.SQLITE_NOTADB:
+                raise
+            raise self._foreign(str(error), error) from None
+        if read_only:
+            if kind == "empty":
+                raise _store_error(
+                    f"{self._name} is empty and read-only: there is no dead-letter store to "
+                    "read, and none can be made in it; make the file writable"
+                )
+            return kind, version
+        # Only now, the file known to be a store or empty: WAL mode is a change to the file.
+        mode = str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if mode.lower() != "wal":
-            raise sqlite3.DatabaseError(
-                f"{str(self.path)!r}: SQLite refused WAL mode (journal_mode is {mode!r}); "
+            raise _store_error(
+                f"{self._name}: SQLite refused WAL mode (journal_mode is {mode!r}); "
                 "use a file on a local file system"
             )
-        db.execute("PRAGMA synchronous = FULL")
-        version = self._version(db)
-        if version == SCHEMA_VERSION:
-            return
-        if not create and version == 0:
-            raise sqlite3.DatabaseError(
-                f"{str(self.path)!r} is not a dead-letter store (it has no schema; "
-                "create=False creates none)"
-            )
-        with _write(db):
-            version = self._version(db)  # another process may have migrated meanwhile
-            for migrate in _MIGRATIONS[version:]:
-                migrate(db)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        return kind, version
 
-    def _wal(self, db: sqlite3.Connection) -> str:
-        """Switch to WAL mode (persistent: a no-op once the file is in WAL mode)."""
-        # Switching needs an exclusive lock and SQLite does not wait for it with
-        # the busy handler: when several connections create the file at once,
-        # the losers get "database is locked" at once. Retry until the timeout.
+    def _identify(self, db: sqlite3.Connection) -> tuple[_Kind, int]:
+        """What the file is: an empty one, or a store older than this code, or current."""
+        app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        objects = db.execute("SELECT type, name FROM sqlite_master").fetchall()
+        if app_id not in (0, APPLICATION_ID):
+            raise self._foreign(
+                f"its application_id is {app_id & 0xFFFFFFFF:#010x}, another application's "
+                f"(a dead-letter store's is {APPLICATION_ID:#010x})"
+            )
+        if not objects and version == 0:
+            if not self._create:
+                raise _store_error(
+                    f"{self._name} is not a dead-letter store (it has no schema; "
+                    "create=False creates none)"
+                )
+            return "empty", 0
+        if app_id == 0:
+            columns = {
+                str(name)
+                for (name,) in db.execute(
+                    "SELECT name FROM pragma_table_info(?)", ("dead_letters",)
+                )
+            }
+            if not columns >= _V1_COLUMNS or version == 0:
+                tables = sorted(
+                    str(name)
+                    for kind, name in objects
+                    if kind == "table" and not str(name).startswith("sqlite_")
+                )
+                raise self._foreign(
+                    f"it has no dead-letter table (user_version {version}, tables: "
+                    f"{', '.join(tables) or 'none'})"
+                )
+        if version > SCHEMA_VERSION:
+            raise _store_error(
+                f"{self._name} has dead-letter schema version {version}, newer than "
+                f"version {SCHEMA_VERSION}, the newest this eventbus knows; upgrade eventbus "
+                "to read it"
+            )
+        if version == 0:
+            raise self._foreign("it has the application_id of a dead-letter store, but no schema")
+        # A file of version 1 has no application_id yet: it is set with the upgrade.
+        return ("current" if version == SCHEMA_VERSION and app_id else "older"), version
+
+    def _foreign(self, why: str, cause: BaseException | None = None) -> SQLiteDeadLetterStoreError:
+        return _store_error(
+            f"{self._name} is not a dead-letter store: {why}. It was left unchanged; give "
+            "the store a file of its own",
+            cause,
+        )
+
+    def _retrying(self, attempt: c.Callable[[], _T]) -> _T:
+        """``attempt()``, again while SQLite says the file is busy, until the timeout."""
+        # Switching to WAL mode needs an exclusive lock and SQLite does not wait for it
+        # with the busy handler: when several connections create the file at once, the
+        # losers get "database is locked" at once. Retry until the timeout.
         deadline = time.monotonic() + self._timeout
         pause = 0.001
         while True:
             try:
-                return str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+                return attempt()
             except sqlite3.OperationalError as error:
-                busy = error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-                if not busy or time.monotonic() + pause > deadline:
+                if _code(error) not in _BUSY or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    def _version(self, db: sqlite3.Connection) -> int:
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"{str(self.path)!r} has dead-letter schema version {version}, newer than "
-                f"version {SCHEMA_VERSION}, the newest this eventbus knows; upgrade eventbus "
-                "to read it"
+    def _failure(self, error: sqlite3.DatabaseError) -> sqlite3.DatabaseError:
+        """``error`` as the store's error, naming the file, the cause and the fix."""
+        code = _code(error)
+        if (
+            isinstance(error, SQLiteDeadLetterStoreError | sqlite3.ProgrammingError)
+            or code in _BUSY
+        ):
+            return error  # ours already; a misuse; or "database is locked", worth a retry
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            message = (
+                f"the dead-letter store {self._name} is damaged ({error}); restore it from a "
+                f"backup, or salvage its rows with `sqlite3 {str(self.path)!r} .recover`"
             )
-        return version
+        elif code == sqlite3.SQLITE_READONLY:
+            message = (
+                f"the dead-letter store {self._name} is read-only for this user ({error}): "
+                "its letters can be listed and read, not added or removed; make the file and "
+                "its directory writable"
+            )
+        elif code == sqlite3.SQLITE_FULL:
+            message = f"the dead-letter store {self._name}: the disk is full ({error})"
+        elif code == _CANTOPEN:
+            message = (
+                f"cannot open the dead-letter store {self._name} ({error}); check that the "
+                "file and its directory exist and can be read and written by this user"
+            )
+        else:
+            message = f"the dead-letter store {self._name}: {error}"
+        return _store_error(message, error)
 
     @contextlib.contextmanager
     def _connection(self) -> c.Iterator[sqlite3.Connection]:
-        """The connection, held by this thread for the duration of the block."""
+        """The connection (the file created if need be), held by this thread for the block."""
         with self._lock:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"{self!r} is closed")
-            if self._db is None:  # the first use in a forked child
-                self._db = self._connect(create=self._create)
-            yield self._db
+            try:
+                if self._db is None:  # before the first add, or the first use in a forked child
+                    self._db = self._connect()
+                yield self._db
+            except sqlite3.DatabaseError as error:
+                failure = self._failure(error)
+                if failure is error:
+                    raise
+                raise failure from None
+
+    @contextlib.contextmanager
+    def _reader(self) -> c.Iterator[sqlite3.Connection | None]:
+        """Like ``_connection``, but None, and no file created, while there is no file."""
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"{self!r} is closed")
+            try:
+                if self._db is None:
+                    if self._create and not self._memory and not os.path.exists(self.path):
+                        yield None
+                        return
+                    self._db = self._connect()
+                yield self._db
+            except sqlite3.DatabaseError as error:
+                failure = self._failure(error)
+                if failure is error:
+                    raise
+                raise failure from None
 
     def _forked(self) -> None:
         """In a child process, right after fork(): set aside the parent's connection."""
@@ -243,30 +578,52 @@ class SQLiteDeadLetterStore:
     # -- the DeadLetterStore protocol ---------------------------------------------
 
     def add(self, letter: DeadLetter, /) -> None:
-        """Keep ``letter``; a letter with the same ``id`` is replaced and keeps its place."""
-        row = _row(letter)
+        """Keep ``letter``; a letter with the same ``id`` is replaced and keeps its place.
+
+        Never refused for what the letter holds: see the class's documentation.
+        """
+        limit = self._length_limit - _ROW_MARGIN
+        if self.max_event_bytes is not None and self.max_event_bytes < limit:
+            limit, source = self.max_event_bytes, "this store's max_event_bytes"
+        else:
+            source = "SQLite's limit on a value"
+        # Outside the lock: the round-trip check runs the event class's validators.
+        row = _row(letter, limit, source)
         with self._connection() as db, _write(db):
             db.execute(_ADD, row)
 
     def remove(self, letter: DeadLetter, /) -> None:
         """Forget ``letter``; ``KeyError`` if no letter has its ``id``."""
-        with self._connection() as db, _write(db):
-            removed = db.execute("DELETE FROM dead_letters WHERE id = ?", (str(letter.id),))
-            if removed.rowcount == 0:
+        with self._reader() as db:
+            if db is None:
                 raise KeyError(letter.id)
+            with _write(db):
+                removed = db.execute("DELETE FROM dead_letters WHERE id = ?", (str(letter.id),))
+                if removed.rowcount == 0:
+                    seq = _odd_id_seq(db, letter.id)
+                    if seq is None:
+                        raise KeyError(letter.id)
+                    db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
 
     def get(self, letter_id: uuid.UUID, /) -> DeadLetter:
         """The letter with this ``id``; ``KeyError`` if absent."""
-        with self._connection() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM dead_letters WHERE id = ?", (str(letter_id),)
-            ).fetchone()
-        if row is None:
+        with self._reader() as db:
+            rows = []
+            if db is not None:
+                select = f"SELECT {self._columns} FROM dead_letters"
+                rows = _fetch(db, f"{select} WHERE id = ?", (str(letter_id),))
+                if not rows:
+                    seq = _odd_id_seq(db, letter_id)
+                    if seq is not None:
+                        rows = _fetch(db, f"{select} WHERE seq = ?", (seq,))
+        if not rows:
             raise KeyError(letter_id)
-        return _letter(row)
+        return _letter(rows[0])
 
     def __len__(self) -> int:
-        with self._connection() as db:
+        with self._reader() as db:
+            if db is None:
+                return 0
             return int(db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
 
     def __iter__(self) -> c.Iterator[DeadLetter]:
@@ -277,11 +634,15 @@ class SQLiteDeadLetterStore:
         """
         after = 0
         while True:
-            with self._connection() as db:
-                rows = db.execute(
-                    f"SELECT seq, {_COLUMNS} FROM dead_letters WHERE seq > ? ORDER BY seq LIMIT ?",
+            with self._reader() as db:
+                if db is None:
+                    return
+                rows = _fetch(
+                    db,
+                    f"SELECT seq, {self._columns} FROM dead_letters "
+                    "WHERE seq > ? ORDER BY seq LIMIT ?",
                     (after, _PAGE),
-                ).fetchall()
+                )
             for seq, *row in rows:
                 after = seq
                 yield _letter(row)
@@ -310,6 +671,16 @@ class SQLiteDeadLetterStore:
         return f"<SQLiteDeadLetterStore {str(self.path)!r}{state}>"
 
 
+_CANTOPEN = 14  # SQLITE_CANTOPEN (not exported by the sqlite3 module of every Python)
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _code(error: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``error``, if SQLite raised it."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 @contextlib.contextmanager
 def _write(db: sqlite3.Connection) -> c.Iterator[None]:
     """A write transaction, taking SQLite's write lock first (waiting up to the timeout)."""
@@ -319,8 +690,21 @@ def _write(db: sqlite3.Connection) -> c.Iterator[None]:
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # the first error is the one to report
+                db.execute("ROLLBACK")
         raise
+
+
+@contextlib.contextmanager
+def _read(db: sqlite3.Connection) -> c.Iterator[None]:
+    """A read transaction: the statements of the block see one state of the file."""
+    db.execute("BEGIN DEFERRED")
+    try:
+        yield
+    finally:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("COMMIT")
 
 
 #: Open stores, for fork(): the child must not use its parent's connections.
@@ -336,48 +720,338 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# -- letters to rows and back ------------------------------------------------------
+# -- reading text that may not be UTF-8 ----------------------------------------------
 
 
-def _row(letter: DeadLetter) -> _Row:
-    event = letter.event
-    payload = event.payload if isinstance(event, UndefinedEvent) else event.model_dump_json()
+class _Garbled(str):
+    """A column's text that is not valid UTF-8, decoded with U+FFFD for what is not."""
+
+
+def _text(raw: bytes) -> str:
+    """The ``text_factory`` for rows that the default one cannot decode."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return _Garbled(raw.decode(errors="replace"))
+
+
+def _fetch(db: sqlite3.Connection, sql: str, parameters: tuple[object, ...]) -> list[t.Any]:
+    """The rows; decoded with U+FFFD for what is not UTF-8 if the quick way cannot."""
+    try:
+        return db.execute(sql, parameters).fetchall()
+    except sqlite3.OperationalError as error:
+        if not str(error).startswith("Could not decode"):
+            raise
+    db.text_factory = _text
+    try:
+        return db.execute(sql, parameters).fetchall()
+    finally:
+        db.text_factory = str
+
+
+def _odd_id_seq(db: sqlite3.Connection, letter_id: uuid.UUID) -> int | None:
+    """The ``seq`` of the row whose id is not written as eventbus writes ids but reads as this."""
+    for seq, raw in _fetch(db, _ODD_ID_ROWS, ()):
+        if _read_id(raw)[0] == letter_id:
+            return int(seq)
+    return None
+
+
+# -- letters to rows -----------------------------------------------------------------
+
+
+def _row(letter: DeadLetter, limit: int, source: str) -> _Row:
+    payload, problem = _payload(letter.event, limit, source)
+    event_type, escaped_type = _storable(letter.event_type)
+    handler, escaped_handler = _storable(letter.handler)
+    if problem is None and (escaped_type or escaped_handler):
+        which = "event type" if escaped_type else "handler name"
+        problem = (
+            f"this letter cannot be redriven: its {which} holds characters that UTF-8 cannot "
+            "encode (lone surrogates), stored backslash-escaped"
+        )
     return (
         str(letter.id),
-        letter.event_type,
+        event_type,
         payload,
-        letter.handler,
-        letter.attempts,
-        letter.error_type,
-        letter.error_message,
-        letter.traceback,
+        handler,
+        _int64(letter.attempts),
+        _storable(letter.error_type)[0],
+        _storable(letter.error_message)[0],
+        _storable(letter.traceback)[0],
         _timestamp(letter.failed_at),
         _timestamp(letter.first_failed_at),
-        letter.host,
-        letter.pid,
+        _storable(letter.host)[0],
+        _int64(letter.pid),
+        problem,
     )
 
 
+def _payload(event: Event, limit: int, source: str) -> tuple[str, str | None]:
+    """The JSON to store for ``event``, and None, or why it cannot rebuild the event."""
+    problem: str | None = None
+    if isinstance(event, UndefinedEvent):
+        text, problem = event.payload, (None if event.redrivable else event.reason)
+    else:
+        try:
+            text = event.model_dump_json()
+        except Exception as error:
+            text = _best_effort_json(event)
+            problem = (
+                f"this letter cannot be redriven: its event does not serialize to JSON "
+                f"({_cause(error)}); what is stored is a best-effort copy"
+            )
+    text, escaped = _storable(text)
+    size = len(text.encode())
+    if size > limit:
+        over = (
+            f"this letter cannot be redriven: its event's JSON is {size:,} bytes, over "
+            f"{source} of {limit:,}; only its metadata and the start of its JSON are kept. "
+            "To keep such events whole, give SQLiteDeadLetterStore a larger max_event_bytes "
+            "(or None)"
+        )
+        return _truncated(event, text, limit), over if problem is None else f"{over}. {problem}"
+    if problem is None and escaped:
+        problem = (
+            "this letter cannot be redriven: its stored JSON holds characters that UTF-8 "
+            "cannot encode (lone surrogates), stored backslash-escaped"
+        )
+    if problem is None and not isinstance(event, UndefinedEvent):
+        problem = _round_trip_problem(event, text)
+    return text, problem
+
+
+def _round_trip_problem(event: Event, text: str) -> str | None:
+    """None if ``text`` validates back into an event equal to ``event``; else what went wrong."""
+    cls = type(event)
+    try:
+        back = cls.model_validate_json(text)
+    except Exception as error:
+        return (
+            f"this letter cannot be redriven: its event's JSON does not validate back into "
+            f"{cls.__qualname__} ({_cause(error)}); what is stored is that JSON"
+        )
+    try:
+        if back == event or _same(back, event):
+            return None
+        changed = [
+            name
+            for name in cls.model_fields
+            if not _same(getattr(event, name), getattr(back, name))
+        ]
+    except Exception as error:  # a field's __eq__ may raise, or recurse too deep
+        return (
+            f"this letter cannot be redriven: its event could not be compared with the "
+            f"event its JSON validates back into ({_cause(error)}); what is stored is that JSON"
+        )
+    return (
+        f"this letter cannot be redriven: its event's JSON validates back into a different "
+        f"{cls.__qualname__} (changed: {', '.join(changed) or 'extra or private attributes'}); "
+        "what is stored is that JSON"
+    )
+
+
+def _same(a: object, b: object) -> bool:
+    """``a == b``, but NaN equal to NaN, into models, dicts, lists and tuples."""
+    if a is b:
+        return True
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, BaseModel) and isinstance(b, BaseModel):
+        return (
+            type(a) is type(b)
+            and _same(a.__dict__, b.__dict__)
+            and _same(a.__pydantic_extra__, b.__pydantic_extra__)
+            and _same(a.__pydantic_private__, b.__pydantic_private__)
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(value, b[key]) for key, value in a.items())
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return (
+            isinstance(a, list) == isinstance(b, list)
+            and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return bool(a == b)
+
+
+def _cause(error: BaseException) -> str:
+    return _bounded(f"{type(error).__qualname__}: {describe(error)}", 1_000)
+
+
+def _metadata(event: Event) -> dict[str, object]:
+    """The event's ids and time, as JSON values (an UndefinedEvent's are the stored event's)."""
+    try:
+        ids = (event.event_id, event.correlation_id, event.causation_id)
+        return {
+            "event_id": str(ids[0]),
+            "occurred_at": event.occurred_at.isoformat(),
+            "correlation_id": None if ids[1] is None else str(ids[1]),
+            "causation_id": None if ids[2] is None else str(ids[2]),
+        }
+    except Exception:
+        return {}
+
+
+def _best_effort_json(event: Event) -> str:
+    """JSON of what can be kept of an event that does not serialize: at least its metadata."""
+    with contextlib.suppress(Exception):
+        return event.model_dump_json(fallback=repr, warnings=False)
+    metadata = _metadata(event)
+    with contextlib.suppress(Exception):
+        data = event.model_dump(warnings=False)
+        return json.dumps(data | metadata, default=_jsonable, ensure_ascii=False, skipkeys=True)
+    try:
+        shown = _bounded(repr(event), 2_000)
+    except Exception:
+        shown = f"<{type(event).__qualname__}: repr() failed>"
+    return json.dumps(metadata | {"eventbus.repr": shown}, ensure_ascii=False)
+
+
+def _jsonable(value: object) -> object:
+    """``json.dumps``'s ``default``: datetimes as ISO 8601, UUIDs as text, the rest by repr."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    isoformat = getattr(value, "isoformat", None)
+    if callable(isoformat):
+        return isoformat()
+    if isinstance(value, bytes):
+        with contextlib.suppress(UnicodeDecodeError):
+            return value.decode()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return repr(value)
+
+
+def _truncated(event: Event, text: str, limit: int) -> str:
+    """At most ``limit`` bytes of JSON: the event's metadata and the start of its JSON."""
+    metadata = _metadata(event)
+    keep = limit
+    while True:
+        kept = json.dumps(metadata | {"eventbus.truncated_json": text[:keep]}, ensure_ascii=False)
+        over = len(kept.encode()) - limit
+        if over <= 0 or keep == 0:
+            return kept
+        keep = max(0, keep - over)  # each character cut takes at least one byte off
+
+
+def _storable(text: str) -> tuple[str, bool]:
+    """``text`` as SQLite can store it (lone surrogates backslash-escaped), and if it changed."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode(), True
+    return text, False
+
+
+def _int64(number: int) -> int:
+    """``number``, within SQLite's 64-bit integers."""
+    return max(-(2**63), min(number, 2**63 - 1))
+
+
+def _timestamp(moment: datetime) -> str:
+    """ISO 8601 in UTC with microseconds: fixed width, so text order is time order."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+# -- rows to letters -------------------------------------------------------------------
+
+
+class _RowReader:
+    """Reads a row's columns; what cannot be read gets a placeholder and a cause."""
+
+    def __init__(self, row: c.Sequence[object]) -> None:
+        self.row = row
+        self.causes: list[str] = []
+
+    def text(self, index: int, name: str) -> str:
+        value = self.row[index]
+        if type(value) is str:
+            return value
+        if isinstance(value, _Garbled):
+            self.causes.append(f"{name} is not valid UTF-8")
+            return str(value)
+        if isinstance(value, bytes):
+            self.causes.append(f"{name} is a BLOB, not text")
+            return value.decode(errors="replace")
+        self.causes.append(f"{name} is {_shown(value)}, not text")
+        return "" if value is None else str(value)
+
+    def integer(self, index: int, name: str) -> int:
+        value = self.row[index]
+        if type(value) is int:
+            return value
+        self.causes.append(f"{name} {_shown(value)} is not an integer")
+        return 0
+
+    def moment(self, index: int, name: str) -> datetime:
+        value = self.text(index, name)
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.causes.append(f"{name} {_shown(value)} is not an ISO 8601 time")
+            return _EPOCH
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _shown(value: object) -> str:
+    return _bounded(repr(value), 80)
+
+
+def _read_id(value: object) -> tuple[uuid.UUID, str | None]:
+    """A stored id as a UUID, and None; or, if it is not one, ``uuid5`` of its text and why."""
+    reader = _RowReader((value,))
+    text = reader.text(0, "id")
+    if not reader.causes:
+        with contextlib.suppress(ValueError):
+            return uuid.UUID(text), None
+    return uuid.uuid5(_ODD_IDS, text), f"id {_shown(text)} is not a UUID"
+
+
 def _letter(row: c.Sequence[t.Any]) -> DeadLetter:
-    id_, event_type, payload, handler, attempts, error_type, message, traceback = row[:8]
-    failed_at, first_failed_at, host, pid = row[8:]
+    """The letter of a row; never raises (see SQLiteDeadLetterStore on unreadable rows)."""
+    read = _RowReader(row)
+    letter_id, odd = _read_id(row[0])
+    if odd is not None:
+        read.causes.append(odd)
+    event_type = read.text(1, "event_type")
+    payload = read.text(2, "event")
+    handler = read.text(3, "handler")
+    attempts = read.integer(4, "attempts")
+    error_type = read.text(5, "error_type")
+    message = read.text(6, "error_message")
+    traceback = read.text(7, "traceback")
+    failed_at = read.moment(8, "failed_at")
+    first_failed_at = read.moment(9, "first_failed_at")
+    host = read.text(10, "host")
+    pid = read.integer(11, "pid")
+    mark = None if row[12] is None else read.text(12, "not_redrivable")
+    if read.causes:
+        reason = "row unreadable: " + "; ".join(read.causes)
+        event: Event = _undefined(letter_id, event_type, payload, reason, redrivable=False)
+    elif mark is not None:
+        event = _undefined(letter_id, event_type, payload, mark, redrivable=False)
+    else:
+        event = _event(letter_id, event_type, payload)
     return DeadLetter(
-        event=_event(event_type, payload),
+        event=event,
         handler=handler,
         attempts=attempts,
         error_type=error_type,
         error_message=message,
         traceback=traceback,
-        failed_at=datetime.fromisoformat(failed_at),
-        first_failed_at=datetime.fromisoformat(first_failed_at),
+        failed_at=failed_at,
+        first_failed_at=first_failed_at,
         event_type=event_type,
         host=host,
         pid=pid,
-        id=uuid.UUID(id_),
+        id=letter_id,
     )
 
 
-def _event(event_type: str, payload: str) -> Event:
+def _event(letter_id: uuid.UUID, event_type: str, payload: str) -> Event:
     """The stored event rebuilt, or an UndefinedEvent saying why it cannot be."""
     try:
         return Event.class_for(event_type).model_validate_json(payload)
@@ -387,15 +1061,30 @@ def _event(event_type: str, payload: str) -> Event:
         reason = f"the stored JSON no longer validates as {event_type!r}: {error}"
     except Exception as error:  # a user validator may raise anything: keep the letter
         reason = f"rebuilding {event_type!r} raised {type(error).__qualname__}: {error}"
-    return _undefined(event_type, payload, reason)
+    return _undefined(letter_id, event_type, payload, reason)
 
 
-def _undefined(event_type: str, payload: str, reason: str) -> UndefinedEvent:
-    """An UndefinedEvent keeping, where they are readable, the stored event's own ids and time."""
-    fields: dict[str, object] = {"stored_type": event_type, "payload": payload, "reason": reason}
+def _undefined(
+    letter_id: uuid.UUID, event_type: str, payload: str, reason: str, *, redrivable: bool = True
+) -> UndefinedEvent:
+    """An UndefinedEvent keeping, where they are readable, the stored event's own ids and time.
+
+    Where they are not, the same placeholders at every read: an id made from the
+    letter's, the Unix epoch, no correlation or causation (not the current cascade's).
+    """
+    fields: dict[str, object] = {
+        "stored_type": event_type,
+        "payload": payload,
+        "reason": reason,
+        "redrivable": redrivable,
+        "event_id": uuid.uuid5(_ODD_IDS, f"event of {letter_id}"),
+        "occurred_at": _EPOCH,
+        "correlation_id": None,
+        "causation_id": None,
+    }
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         metadata = ("event_id", "occurred_at", "correlation_id", "causation_id")
@@ -404,10 +1093,3 @@ def _undefined(event_type: str, payload: str, reason: str) -> UndefinedEvent:
                 fields | {k: v for k, v in data.items() if k in metadata}
             )
     return UndefinedEvent.model_validate(fields)
-
-
-def _timestamp(moment: datetime) -> str:
-    """ISO 8601 in UTC with microseconds: fixed width, so text order is time order."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
