@@ -26,8 +26,9 @@ def test_basics_example_shows_both_dispatch_paths_and_a_dead_letter() -> None:
     assert "ok=False, dead letters=1" in out
     assert "reserve: 1 x A-1, 4 left" in out
     assert "ok=True" in out
+    # run as __main__, its handlers are named by the module's importable name
     assert (
-        "catalog.stock_low -> __main__.notify_buyer: builtins.ConnectionError: "
+        "catalog.stock_low -> examples.basics.notify_buyer: builtins.ConnectionError: "
         "mail server unreachable (3 attempts)" in out
     )
     assert done.stderr == ""

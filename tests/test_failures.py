@@ -449,7 +449,7 @@ def test_retry_then_success_async(failures: int, kind: str) -> None:
     else:
         bus.subscribe(Placed, retry=POLICY)(_flaky_async(calls, failures))
         if kind == "concurrent":  # a second handler of equal priority: a concurrent group
-            bus.subscribe(Placed)(_flaky_async([], 0))
+            bus.subscribe(Placed, name="steady")(_flaky_async([], 0))
     result = asyncio.run(bus.publish_async(Placed()))
     assert result.ok
     assert len(calls) == failures + 1
@@ -519,9 +519,10 @@ def test_bus_wide_default_retry() -> None:
     default_calls: list[int] = []
     own_calls: list[int] = []
     single_calls: list[int] = []
-    bus.subscribe(Placed)(_flaky_sync(default_calls, 99))
-    bus.subscribe(Placed, retry=RetryPolicy(max_attempts=2))(_flaky_sync(own_calls, 99))
-    bus.subscribe(Placed, retry=RetryPolicy(max_attempts=1))(_flaky_sync(single_calls, 99))
+    bus.subscribe(Placed, name="default")(_flaky_sync(default_calls, 99))
+    own, single = RetryPolicy(max_attempts=2), RetryPolicy(max_attempts=1)
+    bus.subscribe(Placed, retry=own, name="own")(_flaky_sync(own_calls, 99))
+    bus.subscribe(Placed, retry=single, name="single")(_flaky_sync(single_calls, 99))
     result = bus.publish(Placed())
     assert (len(default_calls), len(own_calls), len(single_calls)) == (3, 2, 1)
     assert [letter.attempts for letter in result.dead_letters] == [3, 2, 1]
@@ -535,9 +536,10 @@ def test_bus_wide_default_retry_async() -> None:
     default_calls: list[int] = []
     own_calls: list[int] = []
     single_calls: list[int] = []
-    bus.subscribe(Placed)(_flaky_async(default_calls, 99))
-    bus.subscribe(Placed, retry=RetryPolicy(max_attempts=2))(_flaky_async(own_calls, 99))
-    bus.subscribe(Placed, retry=RetryPolicy(max_attempts=1))(_flaky_async(single_calls, 99))
+    bus.subscribe(Placed, name="default")(_flaky_async(default_calls, 99))
+    own, single = RetryPolicy(max_attempts=2), RetryPolicy(max_attempts=1)
+    bus.subscribe(Placed, retry=own, name="own")(_flaky_async(own_calls, 99))
+    bus.subscribe(Placed, retry=single, name="single")(_flaky_async(single_calls, 99))
     result = asyncio.run(bus.publish_async(Placed()))
     assert (len(default_calls), len(own_calls), len(single_calls)) == (3, 2, 1)
     assert [letter.attempts for letter in result.dead_letters] == [3, 2, 1]

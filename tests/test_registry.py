@@ -537,12 +537,19 @@ def test_bound_method(bus: EventBus) -> None:
     assert bus.subscriptions == ()
 
 
-def test_bound_methods_of_two_instances_are_two_handlers(bus: EventBus) -> None:
+def test_bound_methods_of_two_instances_are_two_handlers_with_two_names(bus: EventBus) -> None:
     first, second = Recorder(), Recorder()
     bus.subscribe(first.on_added)
-    bus.subscribe(second.on_added)
+    # Both would be named tests.test_registry.Recorder.on_added: refused, with the fix.
+    with pytest.raises(ValueError, match=r"already subscribed under the name .*name="):
+        bus.subscribe(second.on_added)
+    bus.subscribe(name="second recorder")(second.on_added)
     bus.publish(Added(sku="a"))
     assert len(first.seen) == len(second.seen) == 1
+    assert [sub.name for sub in bus.subscriptions_for(Added)] == [
+        f"{__name__}.Recorder.on_added",
+        "second recorder",
+    ]
 
 
 def test_async_bound_method(bus: EventBus) -> None:
@@ -1077,9 +1084,9 @@ def test_subscriptions_for_is_sorted_by_priority_then_registration(
 ) -> None:
     registry = HandlerRegistry()
     handlers = []
-    for priority, target in registrations:
+    for number, (priority, target) in enumerate(registrations):
         handler = make_handler()
-        registry.subscribe(TARGETS[target], priority=priority)(handler)
+        registry.subscribe(TARGETS[target], priority=priority, name=f"handler {number}")(handler)
         handlers.append(handler)
 
     receiving = [i for i, (_, target) in enumerate(registrations) if target != "removed"]

@@ -485,15 +485,21 @@ def test_bus_default_policy_applies_and_a_subscription_policy_overrides(mode: st
     own_retries: list[int] = []
     never = [PermanentError(str(i)) for i in range(9)]
     # no policy of its own: the default's give_up_on stops it at once
-    bus.subscribe(RetriedOrder, priority=4)(failing(default_gives_up, never, use_async=True))
+    bus.subscribe(RetriedOrder, priority=4, name="default gives up")(
+        failing(default_gives_up, never, use_async=True)
+    )
     # its own policy has no give_up_on: PermanentError is retried up to its max_attempts
-    bus.subscribe(RetriedOrder, priority=3, retry=RetryPolicy(max_attempts=2, initial_delay=7.0))(
+    own_policy = RetryPolicy(max_attempts=2, initial_delay=7.0)
+    bus.subscribe(RetriedOrder, priority=3, retry=own_policy, name="own retries")(
         failing(own_retries, never, use_async=False)
     )
     transient = [TransientError(str(i)) for i in range(9)]
-    bus.subscribe(RetriedOrder, priority=2)(failing(by_default, transient, use_async=False))
+    bus.subscribe(RetriedOrder, priority=2, name="by default")(
+        failing(by_default, transient, use_async=False)
+    )
     # a policy of its own with retry_on excluding the error: no retry, default or not
-    bus.subscribe(RetriedOrder, priority=1, retry=RetryPolicy(max_attempts=9, retry_on=KeyError))(  # type: ignore[arg-type]
+    keys_only = RetryPolicy(max_attempts=9, retry_on=KeyError)  # type: ignore[arg-type]
+    bus.subscribe(RetriedOrder, priority=1, retry=keys_only, name="own")(
         failing(own, transient, use_async=True)
     )
     result = publish(bus, RetriedOrder(), mode)

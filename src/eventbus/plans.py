@@ -21,6 +21,7 @@ import collections.abc as c
 import dataclasses
 import inspect
 import itertools
+import types
 import typing as t
 
 from . import failures, signals
@@ -457,7 +458,25 @@ def _cannot_run_here(bus: EventBus, node: PublishResult, sub: Subscription) -> N
 
 
 def refuse_awaitable(sub: Subscription, returned: object) -> None:
-    """A sync handler that returns an awaitable would otherwise be silently skipped."""
+    """A sync handler returning an awaitable or a generator would otherwise be silently skipped.
+
+    Neither runs its body until someone awaits or iterates it, and nobody
+    would: the handler failed, as surely as if it had raised. Subscribe
+    refuses the handlers it can see are such (``async def`` is run as async,
+    a generator function is refused); this catches those it cannot see (a
+    decorated generator function, a lambda returning a coroutine).
+    """
+    if isinstance(returned, types.GeneratorType | types.AsyncGeneratorType):
+        kind = (
+            "an async generator"
+            if isinstance(returned, types.AsyncGeneratorType)
+            else "a generator"
+        )
+        raise TypeError(
+            f"{sub.name} returned {kind} that nobody would iterate, so the handler's body "
+            "never ran: use return instead of yield (if a decorator made it, the decorated "
+            "function must not be a generator)"
+        )
     if inspect.isawaitable(returned):
         if inspect.iscoroutine(returned):
             returned.close()

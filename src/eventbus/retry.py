@@ -13,7 +13,13 @@ import dataclasses
 import math
 import typing as t
 
-__all__ = ["RetryPolicy"]
+__all__ = ["MAX_DELAY", "RetryPolicy"]
+
+#: The longest wait a policy may ask for, in seconds (about 31 years). ``time.sleep``
+#: refuses waits whose deadline does not fit the platform's clock (near 2**63
+#: nanoseconds, less the time since boot), and ``asyncio.sleep`` waits as asked
+#: however long: a policy made with a longer delay is refused when it is created.
+MAX_DELAY: t.Final = 1e9
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,7 +34,7 @@ class RetryPolicy:
     ``max_delay``. ``jitter`` (0 to 1) spreads each wait at random over
     ``[delay * (1 - jitter), delay * (1 + jitter)]``, still capped by
     ``max_delay``, so that many handlers failing at once do not all retry at
-    once.
+    once. Delays are refused (``ValueError``) beyond :data:`MAX_DELAY`.
 
     Errors: an error is retried when it is an instance of ``retry_on``
     (default: every ``Exception``) and not of ``give_up_on`` (default:
@@ -59,6 +65,14 @@ class RetryPolicy:
             value = getattr(self, name)
             if not finite_non_negative(value):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("initial_delay", "max_delay"):
+            value = getattr(self, name)
+            if value > MAX_DELAY:
+                raise ValueError(
+                    f"{name} must be at most MAX_DELAY = {MAX_DELAY:g} seconds (about 31 years; "
+                    f"time.sleep cannot wait longer on every platform), got {value!r}; "
+                    "a wait that long is better left to a redrive of the dead letter"
+                )
         if self.backoff < 1:
             raise ValueError(
                 f"backoff multiplies each delay, so it must be >= 1; got {self.backoff}"

@@ -51,6 +51,7 @@ class HandlerRegistry:
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
         timeout: float | None = ...,
+        name: str | None = ...,
     ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     @t.overload
@@ -63,6 +64,7 @@ class HandlerRegistry:
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
         timeout: float | None = ...,
+        name: str | None = ...,
     ) -> c.Callable[t.Concatenate[E, P], R]: ...
 
     @t.overload
@@ -74,6 +76,7 @@ class HandlerRegistry:
         retry: RetryPolicy | None = ...,
         run_in_thread: bool = ...,
         timeout: float | None = ...,
+        name: str | None = ...,
     ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     def subscribe(
@@ -85,6 +88,7 @@ class HandlerRegistry:
         retry: RetryPolicy | None = None,
         run_in_thread: bool = False,
         timeout: float | None = None,
+        name: str | None = None,
     ) -> t.Any:
         """Register a handler; usable bare, with an event class, or with options.
 
@@ -112,17 +116,25 @@ class HandlerRegistry:
         - ``timeout``: seconds an async handler's attempt may take; a timed
           out attempt is a failed attempt (:class:`HandlerTimeoutError`).
           Refused for sync handlers, which Python cannot interrupt.
+        - ``name``: the handler's name in dead letters, logs, traces and
+          redrives; by default its qualified name, ``module.function``, with
+          the module named as it is imported even when it runs as
+          ``__main__``. Give a stable name to a handler whose qualified name
+          is not unique (a lambda, a method of several instances) or may
+          change (a function you may rename while its letters wait).
 
         Returns the handler unchanged. Raises ``TypeError`` at once for a
         handler that cannot be called with one event, an annotation that is
         not an Event subclass, or a bad option; ``ValueError`` if the handler
-        is already subscribed to that class.
+        is already subscribed to that class, or if another handler already
+        has its name (a dead letter names the handler it will be redriven to).
         """
         options = {
             "priority": priority,
             "retry": retry,
             "run_in_thread": run_in_thread,
             "timeout": timeout,
+            "name": name,
         }
         if isinstance(target, type):
             if not issubclass(target, Event):
@@ -173,27 +185,33 @@ class HandlerRegistry:
             self._invalidate()
 
     def unsubscribe(
-        self, handler: c.Callable[..., object], /, event_type: type[Event] | None = None
+        self, handler: c.Callable[..., object] | str, /, event_type: type[Event] | None = None
     ) -> None:
-        """Remove ``handler`` (from ``event_type`` only, if given).
+        """Remove ``handler``, or the handler of that name (from ``event_type`` only, if given).
 
-        Raises ``ValueError`` if it was not subscribed. An event whose
-        dispatch already started may still reach it.
+        By name is how to remove a handler whose function object you no
+        longer hold: the earlier version of a re-run notebook cell or of a
+        reloaded module. Raises ``ValueError`` if it was not subscribed. An
+        event whose dispatch already started may still reach it.
         """
+
+        def chosen(sub: Subscription) -> bool:
+            if isinstance(handler, str):
+                return sub.name == handler
+            return bool(sub.handler == handler)
+
         with self._lock:
             keep = [
                 sub
                 for sub in self._subscriptions
-                if not (
-                    sub.handler == handler and (event_type is None or event_type in sub.event_types)
-                )
+                if not (chosen(sub) and (event_type is None or event_type in sub.event_types))
             ]
             if len(keep) == len(self._subscriptions):
                 target = f" from {event_type.__qualname__}" if event_type is not None else ""
                 raise ValueError(f"cannot unsubscribe {handler!r}{target}: it is not subscribed")
             if event_type is not None:  # keep the handler's other event classes
                 for sub in self._subscriptions:
-                    if sub.handler == handler and event_type in sub.event_types:
+                    if chosen(sub) and event_type in sub.event_types:
                         rest = tuple(k for k in sub.event_types if k is not event_type)
                         if rest:
                             keep.append(dataclasses.replace(sub, event_types=rest))
@@ -225,6 +243,7 @@ class HandlerRegistry:
         retry: RetryPolicy | None,
         run_in_thread: bool,
         timeout: float | None,
+        name: str | None,
     ) -> None:
         with self._lock:
             sub = Subscription.create(
@@ -234,17 +253,37 @@ class HandlerRegistry:
                 retry=retry,
                 run_in_thread=run_in_thread,
                 timeout=timeout,
+                name=name,
                 sequence=next(self._sequence),
                 caller_locals=namespace,
             )
+            if name is None and sub.name.startswith("?."):
+                sub = dataclasses.replace(sub, name=self._free_name(sub))
             self._check_not_subscribed(sub)
             self._subscriptions.append(sub)
             self._invalidate()
 
+    def _free_name(self, new: Subscription) -> str:
+        """A process-local name for a handler that no other process could name.
+
+        A method of a built-in object (``seen.append``) has no module, so no
+        other process can import it and redrive to it: two of them on one
+        bus are told apart by a number (``?.list.append#2``) instead of
+        being refused, which keeps ``subscribe(...)(seen.append)`` working.
+        """
+        taken = {sub.name for sub in self._subscriptions if sub.handler != new.handler}
+        name, number = new.name, 1
+        while name in taken:
+            number += 1
+            name = f"{new.name}#{number}"
+        return name
+
     def _check_not_subscribed(self, new: Subscription) -> None:
-        """Refuse a handler that would run twice for one event."""
+        """Refuse a handler that would run twice for one event, or a name already taken."""
         for sub in self._subscriptions:
             if sub.handler != new.handler:
+                if sub.name == new.name:
+                    raise ValueError(_name_taken(new, sub))
                 continue
             for old in sub.event_types:
                 for added in new.event_types:
@@ -283,3 +322,14 @@ class HandlerRegistry:
             )
             self._plans[event_class] = plan
             return plan
+
+
+def _name_taken(new: Subscription, old: Subscription) -> str:
+    return (
+        f"cannot subscribe {new.handler!r}: another handler, {old.handler!r}, is already "
+        f"subscribed under the name {new.name!r}, and dead letters name the handler they are "
+        f"redriven to (a broker names its consumer group after it), so names must be unique; "
+        'give each a stable name of its own: subscribe(..., name="orders.ship_express"); '
+        "or, if it replaces the earlier handler (a re-run notebook cell, a reloaded module), "
+        f"unsubscribe that one first: bus.unsubscribe({new.name!r})"
+    )

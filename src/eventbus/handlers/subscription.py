@@ -17,7 +17,8 @@ import types
 import typing as t
 
 from ..events import Event
-from ..retry import RetryPolicy, finite_non_negative
+from ..naming import importable_module_name
+from ..retry import MAX_DELAY, RetryPolicy, finite_non_negative
 
 __all__ = ["Handler", "Subscription"]
 
@@ -59,6 +60,7 @@ class Subscription:
         sequence: int,
         timeout: float | None = None,
         caller_locals: c.Mapping[str, object] | None = None,
+        name: str | None = None,
     ) -> Subscription:
         """Check ``handler`` and its options; raise ``TypeError`` naming the fix."""
         if not callable(handler):
@@ -66,7 +68,13 @@ class Subscription:
                 f"cannot subscribe {handler!r}: it is not callable; "
                 "subscribe a function (or method) that takes one event"
             )
-        name = handler_name(handler)
+        if name is None:
+            name = handler_name(handler)
+        elif not isinstance(name, str) or not name.strip() or name != name.strip():
+            raise TypeError(
+                f"cannot subscribe {handler_name(handler)}: name must be a non-empty string "
+                f'without surrounding spaces, got {name!r}; e.g. name="orders.ship"'
+            )
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise TypeError(f"cannot subscribe {name}: priority must be an int, got {priority!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -81,10 +89,10 @@ class Subscription:
                 "runs without blocking the event loop; drop run_in_thread"
             )
         if timeout is not None:
-            if not finite_non_negative(timeout):
+            if not finite_non_negative(timeout) or timeout > MAX_DELAY:
                 raise TypeError(
-                    f"cannot subscribe {name}: timeout must be a number of seconds >= 0, "
-                    f"got {timeout!r}"
+                    f"cannot subscribe {name}: timeout must be a number of seconds from 0 to "
+                    f"MAX_DELAY ({MAX_DELAY:g}), got {timeout!r}"
                 )
             if not is_async:
                 raise TypeError(
@@ -93,7 +101,7 @@ class Subscription:
                     "not be honoured; make the handler `async def`, or drop timeout and bound "
                     "the blocking call itself (e.g. a socket timeout)"
                 )
-        if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+        if _is_generator(handler):
             raise TypeError(
                 f"cannot subscribe {name}: it is a generator function, so calling it would "
                 "never run its body; use return instead of yield"
@@ -137,14 +145,22 @@ class Subscription:
 
 
 def handler_name(handler: object) -> str:
-    """A readable qualified name: ``module.function``, ``module.Class.method``."""
+    """A readable qualified name: ``module.function``, ``module.Class.method``.
+
+    The module is named as it is imported, not as it was started: a handler
+    of a script run as ``python orders.py`` or ``python -m orders`` is
+    ``orders.ship``, not ``__main__.ship``, so that a letter it leaves can be
+    redriven by a process that imports ``orders`` (the command line's
+    ``--app orders:bus``). See :func:`importable_module_name`.
+    """
     if isinstance(handler, functools.partial):
         return f"functools.partial({handler_name(handler.func)})"
     qualname = getattr(handler, "__qualname__", None)
     if not isinstance(qualname, str):  # a callable instance
         kind = type(handler)
-        return f"{kind.__module__}.{kind.__qualname__}()"
-    return f"{getattr(handler, '__module__', None) or '?'}.{qualname}"
+        return f"{importable_module_name(kind.__module__)}.{kind.__qualname__}()"
+    module = getattr(handler, "__module__", None)
+    return f"{importable_module_name(module) if module else '?'}.{qualname}"
 
 
 def caller_namespace() -> dict[str, object] | None:
@@ -157,6 +173,16 @@ def caller_namespace() -> dict[str, object] | None:
     while frame is not None and frame.f_globals.get("__name__", "").startswith("eventbus."):
         frame = frame.f_back  # type: ignore[assignment]
     return dict(frame.f_locals) if frame is not None else None
+
+
+def _is_generator(handler: object) -> bool:
+    """A generator function, or a callable instance whose ``__call__`` is one."""
+    if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+        return True
+    if inspect.isroutine(handler) or isinstance(handler, type | functools.partial):
+        return False
+    call = getattr(type(handler), "__call__", None)  # noqa: B004
+    return inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call)
 
 
 def _is_async(handler: object) -> bool:
