@@ -8,6 +8,7 @@ ends as a dead letter, never as a log line alone.
 import typing as t
 
 from . import signals
+from ._version import __version__
 from .bus import EventBus, RedriveOutcome
 from .cascade import LocalTransport
 from .clock import Clock, SystemClock
@@ -15,6 +16,7 @@ from .dead_letters import (
     NO_HANDLER,
     DeadLetter,
     DeadLetterStore,
+    DeadLetterStoreError,
     DeadLetterStoreFullError,
     InMemoryDeadLetterStore,
     UndefinedEvent,
@@ -31,19 +33,21 @@ from .events import Event, UnknownEventTypeError, new_event_id
 from .handlers import Handler, HandlerRegistry, Subscription
 from .middleware import HandlerCall, Middleware
 from .results import PublishResult
-from .retry import RetryPolicy
+from .retry import MAX_DELAY, RetryPolicy
 from .transport import Transport
 
 if t.TYPE_CHECKING:
-    from .dead_letters.sqlite import SQLiteDeadLetterStore
+    from .dead_letters.sqlite import SQLiteDeadLetterStore, SQLiteDeadLetterStoreError
     from .tracing import Trace, TracedEvent, TracedFailure, TracedHandler
 
 __all__ = [
+    "MAX_DELAY",
     "NO_HANDLER",
     "CascadeDepthError",
     "Clock",
     "DeadLetter",
     "DeadLetterStore",
+    "DeadLetterStoreError",
     "DeadLetterStoreFullError",
     "Event",
     "EventBus",
@@ -60,6 +64,7 @@ __all__ = [
     "RedriveOutcome",
     "RetryPolicy",
     "SQLiteDeadLetterStore",
+    "SQLiteDeadLetterStoreError",
     "Subscription",
     "SyncPublishError",
     "SystemClock",
@@ -71,6 +76,7 @@ __all__ = [
     "UndefinedEvent",
     "UnhandledEventError",
     "UnknownEventTypeError",
+    "__version__",
     "new_event_id",
     "signals",
 ]
@@ -78,6 +84,7 @@ __all__ = [
 # Imported on first use: most programs never trace, and only some keep letters in SQLite.
 _LAZY = {
     "SQLiteDeadLetterStore": ".dead_letters.sqlite",
+    "SQLiteDeadLetterStoreError": ".dead_letters.sqlite",
     "Trace": ".tracing",
     "TracedEvent": ".tracing",
     "TracedFailure": ".tracing",
