@@ -109,3 +109,36 @@ def test_invalid_max_letters_is_refused(max_letters: object) -> None:
 def test_invalid_when_full_is_refused(when_full: object) -> None:
     with pytest.raises(ValueError, match="when_full"):
         InMemoryDeadLetterStore(when_full=when_full)  # type: ignore[arg-type]
+
+
+class Registered(Event):
+    email: str
+
+
+@pytest.mark.parametrize("when_full", ["warn", "refuse"])
+def test_log_lines_about_letters_name_ids_and_types_never_the_events_fields(
+    when_full: t.Literal["warn", "refuse"], caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = EventBus(dead_letters=InMemoryDeadLetterStore(max_letters=1, when_full=when_full))
+
+    @bus.subscribe
+    def welcome(event: Registered) -> None:
+        raise ConnectionError("mail server unreachable")
+
+    with caplog.at_level(logging.ERROR, logger="eventbus"):
+        first = bus.publish(Registered(email="ada@example.com")).dead_letters[0]
+        second = bus.publish(Registered(email="grace@example.com")).dead_letters[0]
+    level = logging.CRITICAL if when_full == "refuse" else logging.ERROR
+    about_the_store = [
+        r
+        for r in _records(caplog, level)
+        if r.getMessage().startswith(("dead-letter store", "could not"))
+    ]
+    [record] = about_the_store
+    text = caplog.handler.format(record)  # the message, and the traceback if any
+    lost = second if when_full == "refuse" else first
+    assert str(lost.id) in text
+    assert str(lost.event.event_id) in text
+    assert "tests.test_memory_store.Registered" in text
+    assert "mail server unreachable" in text
+    assert "example.com" not in text  # the payload: personal data stays out of logs

@@ -17,7 +17,7 @@ from datetime import datetime
 from . import signals
 from .context import publisher
 from .dead_letters import NO_HANDLER, DeadLetter
-from .dead_letters.letter import describe
+from .dead_letters.letter import describe, summary
 from .errors import UnhandledEventError
 
 if t.TYPE_CHECKING:
@@ -150,11 +150,11 @@ def dead_letter(
     except Exception:
         logger.critical(
             "could not store the dead letter of %s on %s (event_id=%s); it is only in "
-            "this publish's result and this log: %r",
+            "this publish's result (%s)",
             handler,
             result.event.event_type,
             result.event.event_id,
-            letter,
+            summary(letter),
             exc_info=True,
             extra=_fields(result, handler, attempts),
         )

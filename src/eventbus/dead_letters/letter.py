@@ -118,6 +118,21 @@ class DeadLetter:
         return dataclasses.replace(again, first_failed_at=self.first_failed_at, id=self.id)
 
 
+def summary(letter: DeadLetter) -> str:
+    """What a log line may say of a letter: ids, types and the error, never the event's fields.
+
+    Payloads carry personal data (names, addresses, card numbers) that must
+    not end up in log storage; the letter itself, with its event, is in the
+    store or the publish's result.
+    """
+    event = letter.event
+    return (
+        f"letter {letter.id}: {letter.handler} on {letter.event_type} "
+        f"(event_id={event.event_id}, correlation_id={event.correlation_id}), "
+        f"{letter.attempts} attempt(s), {letter.error_type}: {letter.error_message}"
+    )
+
+
 def format_traceback(error: BaseException) -> str:
     """``error``'s traceback, as ``traceback.format_exception`` prints it, less the carets.
 

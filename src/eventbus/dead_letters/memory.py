@@ -8,6 +8,7 @@ import threading
 import typing as t
 import uuid
 
+from .letter import summary
 from .protocol import DeadLetterStoreFullError
 
 if t.TYPE_CHECKING:
@@ -22,7 +23,8 @@ class InMemoryDeadLetterStore:
     """Dead letters in a thread-safe, insertion-ordered map, at most ``max_letters`` of them.
 
     When full, ``when_full`` decides: ``"warn"`` (the default) drops the
-    oldest letter and logs it at ERROR, letter and all; ``"refuse"`` raises
+    oldest letter and logs it at ERROR (its ids, types and error, not its
+    event's fields); ``"refuse"`` raises
     :class:`DeadLetterStoreFullError` and keeps the old ones (the bus then
     logs the new letter at CRITICAL). Neither is ever silent. For letters
     that must survive a restart, use ``SQLiteDeadLetterStore``.
@@ -53,9 +55,9 @@ class InMemoryDeadLetterStore:
                 dropped = self._letters.pop(oldest)
                 logger.error(
                     "dead-letter store full (max_letters=%d): dropped the oldest letter to keep "
-                    "the newest; raise max_letters or use SQLiteDeadLetterStore. Dropped: %r",
+                    "the newest; raise max_letters or use SQLiteDeadLetterStore. Dropped %s",
                     self.max_letters,
-                    dropped,
+                    summary(dropped),
                 )
             self._letters[letter.id] = letter
 
