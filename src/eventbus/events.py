@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .context import current_causation_id, current_correlation_id
+from .naming import importable_module_name
 
 __all__ = ["Event", "UnknownEventTypeError", "new_event_id"]
 
@@ -93,8 +94,9 @@ class Event(BaseModel):
     published from a handler gets them when it is published (the result's
     ``event`` is then a copy with the ids set).
 
-    ``event_type`` is the class's stable name, ``"module.QualName"`` unless the
-    class sets it::
+    ``event_type`` is the class's stable name, ``"module.QualName"`` (with
+    the module named as it is imported, even in a script run as
+    ``__main__``) unless the class sets it::
 
         class ItemAdded(Event):
             event_type = "cart.item_added"
@@ -130,7 +132,7 @@ class Event(BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         explicit = cls.__dict__.get("event_type", _UNSET)
         if explicit is _UNSET:
-            cls.event_type = f"{cls.__module__}.{cls.__qualname__}"
+            cls.event_type = _identity(cls)
         elif not isinstance(explicit, str) or not explicit:
             raise TypeError(
                 f"{cls.__qualname__}.event_type must be a non-empty string, got {explicit!r}"
@@ -197,7 +199,9 @@ class _EventTypes:
 
 
 def _identity(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    # A class of a script run as __main__ is named as its module is imported (see
+    # naming.py): its letters are read back by a process that imports it by that name.
+    return f"{importable_module_name(cls.__module__)}.{cls.__qualname__}"
 
 
 _types = _EventTypes()

@@ -325,6 +325,16 @@ class HandlerRegistry:
 
 
 def _name_taken(new: Subscription, old: Subscription) -> str:
+    modules = {getattr(sub.handler, "__module__", None) for sub in (new, old)}
+    if "__main__" in modules and len(modules) == 2:
+        # The same file imported twice: run as the script, then imported by its name.
+        return (
+            f"cannot subscribe {new.handler!r}: {old.handler!r} is already subscribed under "
+            f"the name {new.name!r}; they are the same function of one file imported twice, "
+            "once as __main__ (the program started) and once by its module name, so each "
+            "event would reach it twice; import that module one way only (start the program "
+            "from another module, or do not import the script from the modules it imports)"
+        )
     return (
         f"cannot subscribe {new.handler!r}: another handler, {old.handler!r}, is already "
         f"subscribed under the name {new.name!r}, and dead letters name the handler they are "
