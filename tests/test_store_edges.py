@@ -37,6 +37,7 @@ from eventbus.dead_letters import (
     DeadLetterStoreFullError,
     SQLiteDeadLetterStoreError,
 )
+from eventbus.dead_letters import rows as rows_module
 from eventbus.dead_letters import sqlite as sqlite_module
 
 T0 = datetime(2024, 5, 17, 9, 30, 15, 123456, tzinfo=UTC)
@@ -435,10 +436,10 @@ def test_unreadable_rows_come_back_as_letters_and_can_be_purged(
     assert by_cause[damage[0][1]].event.event_id == bad[0].event.event_id  # metadata kept
     assert by_cause[damage[1][1]].failed_at == datetime(1970, 1, 1, tzinfo=UTC)
     odd = by_cause[damage[2][1]]
-    assert odd.id == uuid.uuid5(sqlite_module._ODD_IDS, "letter-1")
+    assert odd.id == uuid.uuid5(rows_module._ODD_IDS, "letter-1")
     assert by_cause[damage[3][1]].attempts == 0
     garbled = by_cause[damage[5][1]]
-    assert garbled.id == uuid.uuid5(sqlite_module._ODD_IDS, "\ufffd\x01")
+    assert garbled.id == uuid.uuid5(rows_module._ODD_IDS, "\ufffd\x01")
     assert "is not a UUID" in _not_redrivable(garbled).reason
     for letter in unreadable:
         assert store.get(letter.id) == letter
@@ -530,7 +531,7 @@ def _v1_store(path: pathlib.Path, letters: c.Sequence[DeadLetter]) -> None:
         sqlite_module._create_v1(db)
         db.execute("PRAGMA user_version = 1")
         for letter in letters:
-            row = sqlite_module._row(letter, 2**20, "")[:12]
+            row = rows_module.to_row(letter, 2**20, "")[:12]
             db.execute(f"INSERT INTO dead_letters ({columns}) VALUES ({', '.join('?' * 12)})", row)
 
 
