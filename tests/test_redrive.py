@@ -11,11 +11,13 @@ import asyncio
 import collections.abc as c
 import dataclasses
 import logging
+import re
 import typing as t
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+import eventbus.redrive
 from eventbus import (
     NO_HANDLER,
     DeadLetter,
@@ -29,6 +31,7 @@ from eventbus import (
     RetryPolicy,
     SyncPublishError,
     UndefinedEvent,
+    signals,
 )
 from tests.clocks import TestClock
 
@@ -376,6 +379,87 @@ def test_redrive_settles_the_letter_in_the_store_given(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_every_letter_a_redrive_makes_goes_to_the_store_given(mode: str) -> None:
+    archive = InMemoryDeadLetterStore()
+    producer = Harness(store=archive)
+    producer.bus.report_unhandled = True
+    body = Switch()
+    name = subscribe(producer.bus, body, name="archived_ship")
+    [failed] = publish(producer.bus, RedriveOrder(), mode).dead_letters
+    [unhandled] = publish(producer.bus, RedriveNobodyListens(), mode).dead_letters
+    worker = Harness()  # its own store stays empty: the letters belong to the archive
+
+    @worker.bus.subscribe(name=name)
+    def ship(event: RedriveOrder) -> None:
+        worker.bus.publish(RedriveShipment(order_id=event.order_id))
+
+    @worker.bus.subscribe
+    def on_shipment(event: RedriveShipment) -> None:
+        raise Boom("shipment failed")
+
+    @worker.bus.subscribe
+    def now_listening(event: RedriveNobodyListens) -> None:
+        raise Boom("new handler failed")
+
+    [child] = redrive(worker.bus, failed, mode, store=archive).dead_letters
+    assert child.handler == f"{__name__}.{on_shipment.__qualname__}"
+    [replacement] = redrive(worker.bus, unhandled, mode, store=archive).dead_letters
+    assert replacement.handler == f"{__name__}.{now_listening.__qualname__}"
+    assert list(archive) == [child, replacement]
+    assert len(worker.bus.dead_letters) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_redrive_all_skips_a_letter_gone_meanwhile_and_goes_on(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness()
+    first_body, second_body = Switch(), Switch()
+    subscribe(h.bus, first_body, name="first", priority=1)
+    subscribe(h.bus, second_body, name="second")
+    [first, second] = publish(h.bus, RedriveOrder(), mode).dead_letters
+    first_body.failing = second_body.failing = False
+
+    def purge_second(sender: EventBus, *, dead_letter: DeadLetter, **kwargs: object) -> None:
+        if dead_letter.id == first.id:  # another process purges `second` meanwhile
+            h.bus.dead_letters.remove(second)
+
+    signals.dead_letter_redriven.connect(purge_second, sender=h.bus)
+    try:
+        with caplog.at_level(logging.WARNING, logger="eventbus"):
+            outcomes = redrive_all(h.bus, mode)
+    finally:
+        signals.dead_letter_redriven.disconnect(purge_second)
+    assert [(o.letter.id, o.ok, o.gone) for o in outcomes] == [
+        (first.id, True, False),
+        (second.id, False, True),
+    ]
+    assert (outcomes[1].result, outcomes[1].error) == (None, None)
+    assert (first_body.calls, second_body.calls) == (2, 1)  # nothing ran for `second`
+    assert any(
+        str(second.id) in r.getMessage() and "no longer in its store" in r.getMessage()
+        for r in caplog.records
+    )
+    assert len(h.bus.dead_letters) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_redrive_all_redrives_a_letter_as_its_store_holds_it_now(mode: str) -> None:
+    h = Harness()
+    body = Switch()
+    subscribe(h.bus, body)
+    [selected] = publish(h.bus, RedriveOrder(), mode).dead_letters
+    [updated] = redrive(h.bus, selected, mode).dead_letters  # another process's redrive
+    store = h.bus.dead_letters
+    if mode == "sync":
+        [outcome] = eventbus.redrive.redrive_all(h.bus, store, [selected])
+    else:
+        [outcome] = asyncio.run(eventbus.redrive.redrive_all_async(h.bus, store, [selected]))
+    assert outcome.failed_again is not None
+    assert outcome.failed_again.attempts == updated.attempts + 1 == 3  # not 1 + 1
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_redrive_of_a_letter_gone_from_its_store_warns(
     mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -463,15 +547,157 @@ class Worker:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_redrive_refused_when_two_subscriptions_share_the_name(mode: str) -> None:
+def test_methods_of_two_instances_are_named_at_subscribe_and_redriven_each_to_its_own(
+    mode: str,
+) -> None:
     h = Harness()
     broken, fine = Switch(), Switch(failing=False)
     h.bus.subscribe(Worker(broken).handle)
-    h.bus.subscribe(Worker(fine).handle)
+    with pytest.raises(ValueError, match="name"):  # a letter could not tell them apart
+        h.bus.subscribe(Worker(fine).handle)
+    h.bus.subscribe(Worker(fine).handle, name="fine_worker")
     [letter] = publish(h.bus, RedriveOrder(), mode).dead_letters
     assert letter.handler == f"{__name__}.Worker.handle"
-    _check_refused(h, letter, mode, "2 subscriptions")
-    assert (broken.calls, fine.calls) == (1, 1)
+    broken.failing = False
+    assert redrive(h.bus, letter, mode).ok
+    assert (broken.calls, fine.calls) == (2, 1)
+
+
+class RedriveRefund(Event):
+    pass
+
+
+class RedriveRefundedOrder(RedriveOrder, RedriveRefund):
+    """Derives from two classes that one handler is subscribed to, each on its own."""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_redrive_refused_when_two_subscriptions_share_the_name(mode: str) -> None:
+    h = Harness()
+    body = Switch()
+
+    def both(event: Event) -> None:
+        body(event)
+
+    h.bus.subscribe(RedriveOrder)(both)
+    h.bus.subscribe(RedriveRefund)(both)  # one handler, two subscriptions, one name
+    letters = publish(h.bus, RedriveRefundedOrder(), mode).dead_letters
+    assert [x.handler for x in letters] == [f"{__name__}.{both.__qualname__}"] * 2
+    body.failing = False
+    with pytest.raises(RedriveError) as refused:
+        redrive(h.bus, letters[0], mode)
+    message = str(refused.value)
+    assert f"2 subscriptions named '{__name__}.{both.__qualname__}' receive" in message
+    assert "(subscribed to RedriveOrder, RedriveRefund, which it derives from)" in message
+    assert "give each subscription a name of its own (subscribe(..., name=...))" in message
+    assert body.calls == 2  # the publish's two runs; the redrive ran nothing
+    assert list(h.bus.dead_letters) == letters
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_redrive_refusal_lists_the_handlers_subscribed_for_the_event(mode: str) -> None:
+    h = Harness()
+    body = Switch()
+    subscribe(h.bus, body, name="gone")
+    [letter] = publish(h.bus, RedriveOrder(), mode).dead_letters
+    h.bus.unsubscribe(h.bus.subscriptions[0].handler)
+    subscribe(h.bus, Switch(), name="reserve", priority=1)
+    subscribe(h.bus, Switch(), name="audit")
+    subscribe(h.bus, Switch(), RedriveInvoice, name="invoices")
+    with pytest.raises(RedriveError) as refused:
+        redrive(h.bus, letter, mode)
+    message = str(refused.value)
+    assert f"no handler named '{__name__}.gone' is subscribed to {letter.event_type}" in message
+    assert (
+        f"the handlers subscribed to it here are: '{__name__}.reserve', '{__name__}.audit'"
+        in message
+    )
+    assert "invoices" not in message
+    assert f"subscribe(..., name='{__name__}.gone')" in message
+    assert (
+        "bus.redrive(letter, to_handler=NAME) (on the command line: --to-handler NAME)" in message
+    )
+    empty = Harness()
+    with pytest.raises(RedriveError, match="no handler at all is subscribed to it here"):
+        redrive(empty.bus, letter, mode, store=h.bus.dead_letters)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_redrive_refusal_explains_a_name_that_differs_only_by_module(mode: str) -> None:
+    h = Harness()
+    body = Switch()
+    name = subscribe(h.bus, body, name="ship")
+    [letter] = publish(h.bus, RedriveOrder(), mode).dead_letters
+    as_a_script = dataclasses.replace(letter, handler="__main__.ship")  # `python orders.py`
+    h.bus.dead_letters.add(as_a_script)
+    with pytest.raises(RedriveError) as refused:
+        redrive(h.bus, as_a_script, mode)
+    message = str(refused.value)
+    assert f"'__main__.ship' and '{name}' differ only by module" in message
+    assert (
+        "the letter was made where the handler's module was '__main__' (a script started as "
+        "`python FILE.py` or `python -m MODULE`, or an interactive session)" in message
+    )
+    assert f"and here it is '{__name__}'" in message
+    assert f"bus.redrive(letter, to_handler='{name}')" in message
+    assert f"--to-handler {name}" in message
+    assert "subscribe the handler with a name of its own: subscribe(..., name=...)" in message
+    moved = dataclasses.replace(letter, handler="orders.legacy.ship")
+    with pytest.raises(RedriveError, match=r"the handler's module was 'orders\.legacy'"):
+        redrive(h.bus, moved, mode)
+    assert body.calls == 1
+
+
+def redrive_to(bus: EventBus, letter: DeadLetter, mode: str, handler: str) -> PublishResult:
+    """Redrive ``letter`` to the handler named ``handler`` (eventbus.redrive's functions)."""
+    if mode == "sync":
+        return eventbus.redrive.redrive(bus, letter, bus.dead_letters, to_handler=handler)
+    return asyncio.run(
+        eventbus.redrive.redrive_async(bus, letter, bus.dead_letters, to_handler=handler)
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+@HANDLER_KINDS
+def test_redrive_to_a_handler_named_explicitly(mode: str, use_async: bool) -> None:
+    h = Harness()
+    body = Switch()
+    name = subscribe(h.bus, body, name="ship", use_async=use_async)
+    [letter] = publish(h.bus, RedriveOrder(), mode).dead_letters
+    old = dataclasses.replace(letter, handler="__main__.ship")
+    h.bus.dead_letters.add(old)
+    [again] = redrive_to(h.bus, old, mode, name).dead_letters  # fails again: renamed, same id
+    assert (again.id, again.handler, again.attempts) == (letter.id, name, 2)
+    assert again.first_failed_at == letter.first_failed_at
+    assert list(h.bus.dead_letters) == [again]
+    body.failing = False
+    assert redrive_to(h.bus, again, mode, name).ok
+    assert len(h.bus.dead_letters) == 0
+    assert body.calls == 3
+    with pytest.raises(RedriveError, match="no handler named 'nobody'"):
+        redrive_to(h.bus, letter, mode, "nobody")
+    with pytest.raises(TypeError, match="to_handler must be a handler's name"):
+        redrive_to(h.bus, letter, mode, "")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_redrive_all_to_a_handler_named_explicitly(mode: str) -> None:
+    h = Harness()
+    h.bus.report_unhandled = True
+    [unhandled] = publish(h.bus, RedriveNobodyListens(), mode).dead_letters
+    first, second = Switch(failing=False), Switch(failing=False)
+    subscribe(h.bus, first, RedriveNobodyListens, name="first")
+    name = subscribe(h.bus, second, RedriveNobodyListens, name="second")
+    store = h.bus.dead_letters
+    if mode == "sync":
+        outcomes = eventbus.redrive.redrive_all(h.bus, store, [unhandled], to_handler=name)
+    else:
+        outcomes = asyncio.run(
+            eventbus.redrive.redrive_all_async(h.bus, store, [unhandled], to_handler=name)
+        )
+    assert [o.ok for o in outcomes] == [True]
+    assert (first.calls, second.calls) == (0, 1)  # only the handler named, not every one
+    assert len(store) == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -479,11 +705,69 @@ def test_redrive_refused_for_an_undefined_event(mode: str) -> None:
     h = Harness()
     body = Switch()
     name = subscribe(h.bus, body)
-    stand_in = UndefinedEvent(stored_type="gone.OrderPlaced", payload='{"x": 1}', reason="gone")
+    reason = "event type 'gone.OrderPlaced' is not defined in this process"
+    stand_in = UndefinedEvent(stored_type="gone.OrderPlaced", payload='{"x": 1}', reason=reason)
     letter = DeadLetter.from_exception(stand_in, name, 2, Boom("stored"), failed_at=h.clock.now)
+    letter = dataclasses.replace(letter, event_type="gone.OrderPlaced")
     h.bus.dead_letters.add(letter)
-    _check_refused(h, letter, mode, "not defined")
+    _check_refused(
+        h,
+        letter,
+        mode,
+        f"its event cannot be rebuilt in this process: {reason}; import the module that "
+        "defines 'gone.OrderPlaced'",
+    )
     assert body.calls == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("reason", "advice"),
+    [
+        (
+            "this letter cannot be redriven: its event does not serialize to JSON (boom)",
+            "No class can rebuild its event from what was stored: `show` prints what was kept",
+        ),
+        (
+            "row unreadable: event is not valid UTF-8",
+            "Its stored row is damaged: `show` prints what could be read of it, and it can "
+            "only be purged",
+        ),
+    ],
+    ids=["not-kept-whole", "row-unreadable"],
+)
+def test_redrive_refused_for_a_letter_its_store_could_not_keep_says_why(
+    mode: str, reason: str, advice: str
+) -> None:
+    h = Harness()
+    body = Switch()
+    name = subscribe(h.bus, body)
+    stand_in = UndefinedEvent(
+        stored_type=RedriveOrder.event_type, payload="{", reason=reason, redrivable=False
+    )
+    letter = DeadLetter.from_exception(stand_in, name, 1, Boom("stored"), failed_at=h.clock.now)
+    h.bus.dead_letters.add(letter)
+    _check_refused(h, letter, mode, re.escape(f"cannot be redriven: {reason}. {advice}"))
+    assert eventbus.redrive.redrive_problem(None, letter) is not None  # known without a bus
+    assert body.calls == 0
+
+
+def test_redrive_problem_says_what_redrive_would_raise_and_runs_nothing() -> None:
+    h = Harness()
+    body = Switch()
+    subscribe(h.bus, body, name="known")
+    [letter] = h.bus.publish(RedriveOrder()).dead_letters
+    assert eventbus.redrive.redrive_problem(h.bus, letter) is None
+    assert eventbus.redrive.redrive_problem(None, letter) is None  # nothing to check
+    problem = eventbus.redrive.redrive_problem(h.bus, letter, to_handler="other")
+    assert isinstance(problem, RedriveError)
+    assert "no handler named 'other'" in str(problem)
+    h.bus.unsubscribe(h.bus.subscriptions[0].handler)
+    with pytest.raises(RedriveError) as raised:
+        h.bus.redrive(letter)
+    assert str(eventbus.redrive.redrive_problem(h.bus, letter)) == str(raised.value)
+    assert body.calls == 1
+    assert list(h.bus.dead_letters) == [letter]
 
 
 # -- redrive_all ------------------------------------------------------------------------------
@@ -675,9 +959,13 @@ def test_redrive_outcome_is_a_frozen_record() -> None:
     [outcome] = h.bus.redrive_all()
     assert [f.name for f in dataclasses.fields(outcome)] == ["letter", "result", "error"]
     assert not outcome.ok
+    assert not outcome.gone
     with pytest.raises(dataclasses.FrozenInstanceError):
         outcome.letter = letter  # type: ignore[misc]
     assert not RedriveOutcome(letter, None, RedriveError("x")).ok
+    assert not RedriveOutcome(letter, None, RedriveError("x")).gone
+    gone = RedriveOutcome(letter, None, None)
+    assert (gone.ok, gone.gone, gone.failed_again, gone.new_dead_letters) == (False, True, None, [])
 
 
 class RedriveNobodyListens(Event):

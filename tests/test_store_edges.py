@@ -10,10 +10,7 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import sqlite3
-import tempfile
-import traceback
 import typing as t
 import uuid
 import warnings
@@ -39,6 +36,7 @@ from eventbus.dead_letters import (
 )
 from eventbus.dead_letters import rows as rows_module
 from eventbus.dead_letters import sqlite as sqlite_module
+from tests.permissions import unprivileged
 
 T0 = datetime(2024, 5, 17, 9, 30, 15, 123456, tzinfo=UTC)
 APPLICATION_ID = 0x4542444C
@@ -587,50 +585,6 @@ def test_a_damaged_file_raises_a_store_error_naming_it(path: pathlib.Path) -> No
     assert "malformed" in str(raised.value)
 
 
-def _unprivileged(scenario: c.Callable[[pathlib.Path], None]) -> None:
-    """Run ``scenario(directory)`` as a user that file permissions apply to.
-
-    That is this process, unless it runs as root (whom permissions do not
-    stop): then a forked child that has become ``nobody``. ``directory`` is
-    new, the user's own, and removed afterwards.
-    """
-    directory = pathlib.Path(tempfile.mkdtemp(prefix="eventbus-permissions-"))
-    try:
-        if not (hasattr(os, "geteuid") and os.geteuid() == 0):
-            scenario(directory)
-            return
-        import pwd
-
-        nobody = pwd.getpwnam("nobody")
-        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
-        read_end, write_end = os.pipe()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
-            pid = os.fork()
-        if pid == 0:  # the child: report by exit status and the pipe, never return into pytest
-            status = 1
-            try:
-                os.close(read_end)
-                os.setgroups([])
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
-                scenario(directory)
-                status = 0
-            except BaseException:
-                os.write(write_end, traceback.format_exc().encode())
-            finally:
-                os._exit(status)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as report:
-            output = report.read().decode()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, output
-    finally:
-        for root, _, _ in os.walk(directory):
-            os.chmod(root, 0o755)
-        shutil.rmtree(directory)
-
-
 def _read_only_checks(path: pathlib.Path, letters: list[DeadLetter]) -> None:
     for create in (True, False):
         with SQLiteDeadLetterStore(path, create=create) as store:
@@ -662,7 +616,7 @@ def test_a_read_only_file_opens_for_reading_and_refuses_writes() -> None:
         with SQLiteDeadLetterStore(old, create=False) as store:
             assert list(store) == letters
 
-    _unprivileged(scenario)
+    unprivileged(scenario)
 
 
 def test_a_store_in_a_read_only_directory_opens_for_reading() -> None:
@@ -679,7 +633,7 @@ def test_a_store_in_a_read_only_directory_opens_for_reading() -> None:
             SQLiteDeadLetterStore(directory / "new.db")  # refused at once, not at the first add
         assert str(directory) in str(raised.value)
 
-    _unprivileged(scenario)
+    unprivileged(scenario)
 
 
 def test_an_unreadable_file_is_refused_naming_it() -> None:
@@ -693,7 +647,7 @@ def test_an_unreadable_file_is_refused_naming_it() -> None:
         assert str(path) in str(raised.value)
         assert isinstance(raised.value, sqlite3.DatabaseError)
 
-    _unprivileged(scenario)
+    unprivileged(scenario)
 
 
 # -- 5. no file before the first write -----------------------------------------------------

@@ -194,7 +194,12 @@ class EventBus(HandlerRegistry):
     # -- redriving dead letters -----------------------------------------------------
 
     def redrive(
-        self, letter: DeadLetter, /, *, store: DeadLetterStore | None = None
+        self,
+        letter: DeadLetter,
+        /,
+        *,
+        store: DeadLetterStore | None = None,
+        to_handler: str | None = None,
     ) -> PublishResult:
         """Run the handler of ``letter`` on its event again, under the handler's retry policy.
 
@@ -202,20 +207,35 @@ class EventBus(HandlerRegistry):
         default); if the handler fails again, the letter stays, with its
         ``attempts`` and last failure updated. Events the handler publishes
         cascade as in ``publish``. The letter of an event that had no handler
-        is redriven by publishing the event to the handlers it has now.
+        is redriven by publishing the event to the handlers it has now. Every
+        letter the redrive makes goes to ``store``. ``to_handler`` runs the
+        handler subscribed under that name instead of the one the letter
+        names (if it fails again, the letter names it from then on).
 
-        Raises :class:`RedriveError` (the letter stays) when no handler by
-        that name is subscribed for the event's class, when several are, or
-        when the event's class is not defined in this process.
+        Raises :class:`RedriveError` (the letter stays, nothing runs) when
+        the letter cannot be redriven here; its message says why in full.
         """
-        return _redrive.redrive(self, letter, store if store is not None else self._dead_letters)
+        return _redrive.redrive(
+            self,
+            letter,
+            store if store is not None else self._dead_letters,
+            to_handler=to_handler,
+        )
 
     async def redrive_async(
-        self, letter: DeadLetter, /, *, store: DeadLetterStore | None = None
+        self,
+        letter: DeadLetter,
+        /,
+        *,
+        store: DeadLetterStore | None = None,
+        to_handler: str | None = None,
     ) -> PublishResult:
         """``redrive`` from asyncio: the handler runs as ``publish_async`` would run it."""
         return await _redrive.redrive_async(
-            self, letter, store if store is not None else self._dead_letters
+            self,
+            letter,
+            store if store is not None else self._dead_letters,
+            to_handler=to_handler,
         )
 
     def redrive_all(
@@ -226,6 +246,7 @@ class EventBus(HandlerRegistry):
         older_than: timedelta | None = None,
         ids: c.Collection[uuid.UUID] | None = None,
         store: DeadLetterStore | None = None,
+        to_handler: str | None = None,
     ) -> list[RedriveOutcome]:
         """Redrive every letter that matches all the filters given, oldest first.
 
@@ -240,7 +261,7 @@ class EventBus(HandlerRegistry):
         letters = _redrive.select(
             self, store, event_type=event_type, handler=handler, older_than=older_than, ids=ids
         )
-        return _redrive.redrive_all(self, store, letters)
+        return _redrive.redrive_all(self, store, letters, to_handler=to_handler)
 
     async def redrive_all_async(
         self,
@@ -250,13 +271,14 @@ class EventBus(HandlerRegistry):
         older_than: timedelta | None = None,
         ids: c.Collection[uuid.UUID] | None = None,
         store: DeadLetterStore | None = None,
+        to_handler: str | None = None,
     ) -> list[RedriveOutcome]:
         """``redrive_all`` from asyncio."""
         store = store if store is not None else self._dead_letters
         letters = _redrive.select(
             self, store, event_type=event_type, handler=handler, older_than=older_than, ids=ids
         )
-        return await _redrive.redrive_all_async(self, store, letters)
+        return await _redrive.redrive_all_async(self, store, letters, to_handler=to_handler)
 
     # -- configuration ----------------------------------------------------------------
 

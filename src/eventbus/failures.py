@@ -133,9 +133,10 @@ def dead_letter(
     store = bus.dead_letters
     cascade = result._cascade
     redriven = cascade.redriving if cascade is not None else None
+    if redriven is not None:  # every letter of a redrive goes to the store redriven from
+        store = redriven[1]
     if redriven is not None and redriven[0].handler == handler and result._parent is None:
-        letter, store = redriven
-        letter = letter.failed_again(attempts, error, failed_at=now)
+        letter = redriven[0].failed_again(attempts, error, failed_at=now)
     else:
         letter = DeadLetter.from_exception(
             result.event, handler, attempts, error, failed_at=now, first_failed_at=first_failure

@@ -1,10 +1,13 @@
 """Redrive: run the handler of a dead letter on its event again, and settle the letter.
 
 A redrive is a cascade of its own whose root runs one handler, the one the
-letter names, under that handler's retry policy and middleware; the events
-it publishes cascade as in ``publish``. On success the letter leaves its
-store; if the handler fails again, the same letter (same id) is stored
-with its attempts added and its last failure updated.
+letter names (or the one named by ``handler=``), under that handler's retry
+policy and middleware; the events it publishes cascade as in ``publish``.
+On success the letter leaves its store; if the handler fails again, the
+same letter (same id) is stored with its attempts added and its last
+failure updated. Every letter a redrive makes goes to the store the letter
+came from. When a letter cannot be redriven, :class:`RedriveError` says why
+in full: for a handler name that is not subscribed, the names that are.
 """
 
 from __future__ import annotations
@@ -25,16 +28,30 @@ from .plans import Plan, compile_plan
 
 if t.TYPE_CHECKING:
     from .bus import EventBus
+    from .events import Event
+    from .handlers.subscription import Subscription
     from .results import PublishResult
 
-__all__ = ["RedriveOutcome", "redrive", "redrive_all", "redrive_all_async", "redrive_async"]
+__all__ = [
+    "RedriveOutcome",
+    "redrive",
+    "redrive_all",
+    "redrive_all_async",
+    "redrive_async",
+    "redrive_problem",
+]
 
 logger = logging.getLogger("eventbus")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RedriveOutcome:
-    """What ``redrive_all`` did with one letter: a ``result``, or the ``error`` that stopped it."""
+    """What ``redrive_all`` did with one letter.
+
+    ``result`` is the redrive's :class:`PublishResult`, or ``error`` the
+    :class:`RedriveError` that stopped it before anything ran; neither, when
+    the letter was no longer in its store (:attr:`gone`).
+    """
 
     letter: DeadLetter
     result: PublishResult | None
@@ -46,6 +63,11 @@ class RedriveOutcome:
         return self.result is not None and self.failed_again is None
 
     @property
+    def gone(self) -> bool:
+        """True when the letter had left its store (purged or redriven elsewhere): nothing ran."""
+        return self.result is None and self.error is None
+
+    @property
     def failed_again(self) -> DeadLetter | None:
         """The letter as stored again, when the handler failed once more."""
         if self.result is None:
@@ -54,53 +76,103 @@ class RedriveOutcome:
 
     @property
     def new_dead_letters(self) -> list[DeadLetter]:
-        """Letters of the events the redriven handler published (not the redriven one)."""
+        """The other letters the redrive made, all in the letter's store.
+
+        Those of the events the redriven handler published; for an unhandled
+        letter, those of the handlers its event was published to.
+        """
         if self.result is None:
             return []
         return [x for x in self.result.dead_letters if x.id != self.letter.id]
 
 
-def redrive(bus: EventBus, letter: DeadLetter, store: DeadLetterStore) -> PublishResult:
-    plan = _plan(bus, letter)
+def redrive(
+    bus: EventBus, letter: DeadLetter, store: DeadLetterStore, *, to_handler: str | None = None
+) -> PublishResult:
+    """Run the letter's handler (or the one named ``to_handler``) again; settle it in ``store``."""
+    plan, running = _plan(bus, letter, to_handler)
     if plan.has_async and loop_is_running():
         raise SyncPublishError(
-            f"redrive() cannot run the async handler {letter.handler} inside a running "
+            f"redrive() cannot run the async handler {running.handler} inside a running "
             "event loop; use `await bus.redrive_async(letter)` instead"
         )
-    result = run(open_root(bus, letter.event, (letter, store)), plan)
+    result = run(open_root(bus, letter.event, (running, store)), plan)
     _settle(bus, letter, store, result)
     return result
 
 
-async def redrive_async(bus: EventBus, letter: DeadLetter, store: DeadLetterStore) -> PublishResult:
-    result = await run_async(open_root(bus, letter.event, (letter, store)), _plan(bus, letter))
+async def redrive_async(
+    bus: EventBus, letter: DeadLetter, store: DeadLetterStore, *, to_handler: str | None = None
+) -> PublishResult:
+    """``redrive`` from asyncio."""
+    plan, running = _plan(bus, letter, to_handler)
+    result = await run_async(open_root(bus, letter.event, (running, store)), plan)
     _settle(bus, letter, store, result)
     return result
 
 
 def redrive_all(
-    bus: EventBus, store: DeadLetterStore, letters: c.Iterable[DeadLetter]
+    bus: EventBus,
+    store: DeadLetterStore,
+    letters: c.Iterable[DeadLetter],
+    *,
+    to_handler: str | None = None,
 ) -> list[RedriveOutcome]:
+    """Redrive each of ``letters`` as it is in ``store`` now; skip those no longer there."""
     outcomes: list[RedriveOutcome] = []
-    for letter in letters:
+    for selected in letters:
+        letter = _current(store, selected)
+        if letter is None:
+            outcomes.append(RedriveOutcome(selected, None, None))
+            continue
         try:
-            outcomes.append(RedriveOutcome(letter, redrive(bus, letter, store), None))
+            result = redrive(bus, letter, store, to_handler=to_handler)
+            outcomes.append(RedriveOutcome(letter, result, None))
         except RedriveError as error:
             outcomes.append(RedriveOutcome(letter, None, error))
     return outcomes
 
 
 async def redrive_all_async(
-    bus: EventBus, store: DeadLetterStore, letters: c.Iterable[DeadLetter]
+    bus: EventBus,
+    store: DeadLetterStore,
+    letters: c.Iterable[DeadLetter],
+    *,
+    to_handler: str | None = None,
 ) -> list[RedriveOutcome]:
+    """``redrive_all`` from asyncio."""
     outcomes: list[RedriveOutcome] = []
-    for letter in letters:
+    for selected in letters:
+        letter = _current(store, selected)
+        if letter is None:
+            outcomes.append(RedriveOutcome(selected, None, None))
+            continue
         try:
-            result = await redrive_async(bus, letter, store)
+            result = await redrive_async(bus, letter, store, to_handler=to_handler)
             outcomes.append(RedriveOutcome(letter, result, None))
         except RedriveError as error:
             outcomes.append(RedriveOutcome(letter, None, error))
     return outcomes
+
+
+def redrive_problem(
+    bus: EventBus | None, letter: DeadLetter, *, to_handler: str | None = None
+) -> RedriveError | None:
+    """Why ``letter`` cannot be redriven on ``bus`` now (what ``redrive`` would raise), or None.
+
+    Runs nothing. With ``bus=None``, only what needs no bus is checked: that
+    the letter's event was rebuilt. ``python -m eventbus dead-letters show``
+    prints it.
+    """
+    if isinstance(letter.event, UndefinedEvent):
+        return RedriveError(_cannot_rebuild(letter, letter.event))
+    if bus is None:
+        return None
+    try:
+        _plan(bus, letter, to_handler)
+    except RedriveError as error:
+        return error
+    return None
 
 
 def select(
@@ -124,29 +196,47 @@ def select(
     ]
 
 
-def _plan(bus: EventBus, letter: DeadLetter) -> Plan:
-    if isinstance(letter.event, UndefinedEvent):
-        raise RedriveError(
-            f"dead letter {letter.id}: its event type {letter.event_type!r} is not defined "
-            "in this process; import the module that defines it, then redrive"
+def _current(store: DeadLetterStore, letter: DeadLetter) -> DeadLetter | None:
+    """``letter`` as its store holds it now, or None if it is gone.
+
+    Letters are selected, then redriven one by one: meanwhile another process
+    may have purged one (it must not run) or redriven it (its attempts changed).
+    """
+    try:
+        return store.get(letter.id)
+    except KeyError:
+        logger.warning(
+            "dead letter %s is no longer in its store (purged or redriven elsewhere since it "
+            "was selected); not redriven",
+            letter.id,
         )
-    event_class = type(letter.event)
-    if letter.unhandled:
-        return bus._compile(event_class)
-    matches = [s for s in bus.subscriptions if s.name == letter.handler and s.receives(event_class)]
+        return None
+
+
+def _plan(bus: EventBus, letter: DeadLetter, to_handler: str | None) -> tuple[Plan, DeadLetter]:
+    """The plan that redrives ``letter``, and the letter as the run records it.
+
+    That letter is ``letter`` itself, or, redriven to another handler by name,
+    ``letter`` renamed to it: if that handler fails, the letter (same id) names it.
+    """
+    event = letter.event
+    if isinstance(event, UndefinedEvent):
+        raise RedriveError(_cannot_rebuild(letter, event))
+    if to_handler is not None and (not isinstance(to_handler, str) or not to_handler):
+        raise TypeError(
+            f"to_handler must be a handler's name (a non-empty str), got {to_handler!r}"
+        )
+    event_class = type(event)
+    if letter.unhandled and to_handler is None:
+        return bus._compile(event_class), letter
+    name = letter.handler if to_handler is None else to_handler
+    matches = [s for s in bus.subscriptions if s.name == name and s.receives(event_class)]
     if not matches:
-        raise RedriveError(
-            f"dead letter {letter.id}: no handler named {letter.handler!r} is subscribed to "
-            f"{letter.event_type} on this bus (renamed, moved, or not imported?); "
-            "subscribe it, then redrive"
-        )
+        raise RedriveError(_not_subscribed(bus, letter, name, event_class))
     if len(matches) > 1:
-        raise RedriveError(
-            f"dead letter {letter.id}: {len(matches)} subscriptions are named "
-            f"{letter.handler!r} (methods of several instances?), so the one that failed "
-            "cannot be told apart; give them distinct names, e.g. distinct functions"
-        )
-    return compile_plan(bus, matches, bus.middleware, bus.default_retry, redrive=True)
+        raise RedriveError(_ambiguous(letter, name, event_class, matches))
+    running = letter if name == letter.handler else dataclasses.replace(letter, handler=name)
+    return compile_plan(bus, matches, bus.middleware, bus.default_retry, redrive=True), running
 
 
 def _settle(
@@ -164,3 +254,97 @@ def _settle(
                 letter.id,
             )
     signals.send(signals.dead_letter_redriven, bus, dead_letter=letter, ok=ok)
+
+
+# -- why a letter cannot be redriven ---------------------------------------------------------
+
+
+def _cannot_rebuild(letter: DeadLetter, event: UndefinedEvent) -> str:
+    reason = event.reason or "its event could not be rebuilt"
+    if not event.redrivable:
+        what = (
+            "Its stored row is damaged: `show` prints what could be read of it, and it can "
+            "only be purged"
+            if reason.startswith("row unreadable")
+            else "No class can rebuild its event from what was stored: `show` prints what was "
+            "kept, to act on by hand"
+        )
+        return f"dead letter {letter.id} cannot be redriven: {reason}. {what}"
+    return (
+        f"dead letter {letter.id}: its event cannot be rebuilt in this process: {reason}; "
+        f"import the module that defines {letter.event_type!r} (or make the class accept its "
+        "stored JSON again), then redrive"
+    )
+
+
+def _not_subscribed(bus: EventBus, letter: DeadLetter, name: str, event_class: type[Event]) -> str:
+    """The whole story of a handler name that is not subscribed for the letter's event."""
+    here = bus.subscriptions_for(event_class)
+    parts = [
+        f"dead letter {letter.id}: no handler named {name!r} is subscribed to "
+        f"{letter.event_type} ({event_class.__qualname__}) on this bus"
+    ]
+    elsewhere = [s for s in bus.subscriptions if s.name == name]
+    if elsewhere:
+        classes = ", ".join(k.__qualname__ for s in elsewhere for k in s.event_types)
+        parts.append(
+            f"a handler of that name is subscribed, but to {classes}, which "
+            f"{event_class.__qualname__} is not (a subclass of)"
+        )
+    if here:
+        parts.append(
+            f"the handlers subscribed to it here are: {', '.join(repr(s.name) for s in here)}"
+        )
+    else:
+        parts.append(
+            "no handler at all is subscribed to it here (is the module that subscribes its "
+            "handlers imported by the application?)"
+        )
+    twin = next((pair for s in here if (pair := _differs_by_module(name, s)) is not None), None)
+    if twin is not None:
+        theirs, ours, other = twin
+        started = (
+            "the letter was made where the handler's module was '__main__' (a script started "
+            "as `python FILE.py` or `python -m MODULE`, or an interactive session)"
+            if theirs == "__main__"
+            else f"the letter was made where the handler's module was {theirs!r}"
+        )
+        parts.append(
+            f"{name!r} and {other!r} differ only by module: {started}, and here it is "
+            f"{ours!r}. To run it, redrive the letter to that handler by name: "
+            f"bus.redrive(letter, to_handler={other!r}) (on the command line: "
+            f"--to-handler {other}); to keep the name the same however the program is "
+            "started, subscribe the handler with a name of its own: subscribe(..., name=...)"
+        )
+    else:
+        parts.append(
+            f"subscribe the handler that should run it under that name "
+            f"(subscribe(..., name={name!r})), or redrive the letter to a handler by name: "
+            "bus.redrive(letter, to_handler=NAME) (on the command line: --to-handler NAME)"
+        )
+    return "; ".join(parts)
+
+
+def _differs_by_module(name: str, sub: Subscription) -> tuple[str, str, str] | None:
+    """(the letter's module, the subscription's, its name) if ``name`` is it in another module."""
+    handler = sub.handler
+    qualname = getattr(handler, "__qualname__", None)
+    if not isinstance(qualname, str):  # a callable instance: named after its class
+        qualname = f"{type(handler).__qualname__}()"
+    rest = "." + qualname
+    if name == sub.name or not (sub.name.endswith(rest) and name.endswith(rest)):
+        return None
+    return name[: -len(rest)], sub.name[: -len(rest)], sub.name
+
+
+def _ambiguous(
+    letter: DeadLetter, name: str, event_class: type[Event], matches: c.Sequence[Subscription]
+) -> str:
+    classes = ", ".join(k.__qualname__ for s in matches for k in s.event_types)
+    return (
+        f"dead letter {letter.id}: {len(matches)} subscriptions named {name!r} receive "
+        f"{event_class.__qualname__} (subscribed to {classes}, which it derives from), so the "
+        "one that failed cannot be told apart; subscribe the handler once, to a class that "
+        "covers them, or give each subscription a name of its own (subscribe(..., name=...)), "
+        "then redrive the letter to one by name: bus.redrive(letter, to_handler=NAME)"
+    )
