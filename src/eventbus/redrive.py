@@ -230,11 +230,11 @@ def _plan(bus: EventBus, letter: DeadLetter, to_handler: str | None) -> tuple[Pl
     if letter.unhandled and to_handler is None:
         return bus._compile(event_class), letter
     name = letter.handler if to_handler is None else to_handler
-    matches = [s for s in bus.subscriptions if s.name == name and s.receives(event_class)]
+    # Names are unique on a bus, and a handler runs once per event even when subscribed to
+    # two classes the event derives from: at most one subscription matches.
+    matches = [s for s in bus.subscriptions_for(event_class) if s.name == name]
     if not matches:
         raise RedriveError(_not_subscribed(bus, letter, name, event_class))
-    if len(matches) > 1:
-        raise RedriveError(_ambiguous(letter, name, event_class, matches))
     running = letter if name == letter.handler else dataclasses.replace(letter, handler=name)
     return compile_plan(bus, matches, bus.middleware, bus.default_retry, redrive=True), running
 
@@ -337,14 +337,3 @@ def _differs_by_module(name: str, sub: Subscription) -> tuple[str, str, str] | N
     return name[: -len(rest)], sub.name[: -len(rest)], sub.name
 
 
-def _ambiguous(
-    letter: DeadLetter, name: str, event_class: type[Event], matches: c.Sequence[Subscription]
-) -> str:
-    classes = ", ".join(k.__qualname__ for s in matches for k in s.event_types)
-    return (
-        f"dead letter {letter.id}: {len(matches)} subscriptions named {name!r} receive "
-        f"{event_class.__qualname__} (subscribed to {classes}, which it derives from), so the "
-        "one that failed cannot be told apart; subscribe the handler once, to a class that "
-        "covers them, or give each subscription a name of its own (subscribe(..., name=...)), "
-        "then redrive the letter to one by name: bus.redrive(letter, to_handler=NAME)"
-    )

@@ -314,12 +314,17 @@ class HandlerRegistry:
                 "define the payload as a class MyEvent(Event) and publish MyEvent(...)"
             )
         with self._lock:  # built under the lock so a concurrent subscribe cannot go unseen
-            plan = tuple(
-                sorted(
-                    (s for s in self._subscriptions if s.receives(event_class)),
-                    key=lambda s: (-s.priority, s.sequence),
-                )
+            receiving = sorted(
+                (s for s in self._subscriptions if s.receives(event_class)),
+                key=lambda s: (-s.priority, s.sequence),
             )
+            # A handler subscribed to two unrelated classes (subscribe refuses related ones)
+            # receives an event deriving from both once, by its first subscription in order.
+            chosen: list[Subscription] = []
+            for sub in receiving:
+                if not any(sub.handler == kept.handler for kept in chosen):
+                    chosen.append(sub)
+            plan = tuple(chosen)
             self._plans[event_class] = plan
             return plan
 
