@@ -252,6 +252,14 @@ def test_json_round_trip() -> None:
     assert restored == event
 
 
+def test_to_json_writes_what_model_dump_json_writes_and_reads_back() -> None:
+    event = ItemAdded(cart_id="c1", sku="A-1", quantity=3, causation_id=uuid.uuid4())
+    assert event.to_json() == event.model_dump_json()
+    restored = Event.from_json(event.event_type, event.to_json())
+    assert type(restored) is ItemAdded
+    assert restored == event
+
+
 def test_json_round_trip_accepts_bytes() -> None:
     event = make_item()
     restored = Event.from_json(event.event_type, event.model_dump_json().encode())

@@ -29,7 +29,16 @@ from .errors import (
     SyncPublishError,
     UnhandledEventError,
 )
-from .events import Event, UnknownEventTypeError, new_event_id
+from .events import (
+    JSON_DEPTH_LIMIT,
+    Event,
+    EventSerializationError,
+    FrozenDict,
+    FrozenList,
+    FrozenSet,
+    UnknownEventTypeError,
+    new_event_id,
+)
 from .handlers import Handler, HandlerRegistry, Subscription
 from .middleware import HandlerCall, Middleware
 from .results import PublishResult
@@ -41,6 +50,7 @@ if t.TYPE_CHECKING:
     from .tracing import Trace, TracedEvent, TracedFailure, TracedHandler
 
 __all__ = [
+    "JSON_DEPTH_LIMIT",
     "MAX_DELAY",
     "NO_HANDLER",
     "CascadeDepthError",
@@ -52,6 +62,10 @@ __all__ = [
     "Event",
     "EventBus",
     "EventBusError",
+    "EventSerializationError",
+    "FrozenDict",
+    "FrozenList",
+    "FrozenSet",
     "Handler",
     "HandlerCall",
     "HandlerRegistry",

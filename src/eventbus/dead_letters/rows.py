@@ -76,7 +76,7 @@ def _payload(event: Event, limit: int, source: str) -> tuple[str, str | None]:
         text, problem = event.payload, (None if event.redrivable else event.reason)
     else:
         try:
-            text = event.model_dump_json()
+            text = event.to_json()
         except Exception as error:
             text = _best_effort_json(event)
             problem = (

@@ -4,7 +4,7 @@ Standard library ``sqlite3`` only. The file is in WAL mode (readers never
 block the writer) with ``synchronous=FULL`` (a letter whose ``add`` returned
 is on disk, crash or power loss), and a busy timeout, so several threads and
 several processes can add, list, redrive and remove letters in one file at
-once. Events are stored as their ``event_type`` and ``model_dump_json()``,
+once. Events are stored as their ``event_type`` and ``to_json()``,
 and rebuilt with ``Event.class_for(event_type)``: nothing is pickled, nothing
 is imported by name. A letter whose event cannot be rebuilt in the reading
 process comes back with an :class:`UndefinedEvent`, never dropped.
