@@ -2,8 +2,7 @@
 
 Both processes import it as ``tests.dlq_app``, so the event type and the
 handler's qualified name match across them, as they would in two processes
-of one real application. ``main`` is the writer subprocess (``python -m``
-would import it as ``__main__``, and its names would not match)::
+of one real application. ``main`` is the writer subprocess::
 
     python -c "import sys, tests.dlq_app as app; app.main(sys.argv[1:])" fail DB COUNT
     python -c "import sys, tests.dlq_app as app; app.main(sys.argv[1:])" add-forever DB
