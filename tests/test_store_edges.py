@@ -780,3 +780,21 @@ def test_store_errors_share_one_base() -> None:
     assert issubclass(SQLiteDeadLetterStoreError, sqlite3.DatabaseError)
     assert issubclass(DeadLetterStoreFullError, DeadLetterStoreError)
     assert sqlite_module.APPLICATION_ID == APPLICATION_ID
+
+
+def test_a_relative_path_is_resolved_when_the_store_is_made(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    store = SQLiteDeadLetterStore("dlq.db")  # no file yet: it is made at the first add
+    assert store.path == home / "dlq.db"
+    monkeypatch.chdir(elsewhere)  # a daemon, a test, a library changing directory
+    with store:
+        store.add(_letter())
+    assert (home / "dlq.db").exists()
+    assert not (elsewhere / "dlq.db").exists()
+    with SQLiteDeadLetterStore(home / "dlq.db", create=False) as reopened:
+        assert len(reopened) == 1

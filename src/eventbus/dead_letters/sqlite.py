@@ -186,8 +186,8 @@ class SQLiteDeadLetterStore:
     ``remove`` accept.
 
     Besides the :class:`DeadLetterStore` protocol: ``close()`` (also on
-    leaving a ``with`` block), and the ``path`` and ``max_event_bytes``
-    attributes. Give the store a file of its own: it is marked with
+    leaving a ``with`` block), and the ``path`` (absolute, resolved when the
+    store is made) and ``max_event_bytes`` attributes. Give the store a file of its own: it is marked with
     ``PRAGMA application_id`` 0x4542444C ("EBDL"), and its schema version is
     the file's ``PRAGMA user_version``. A file that is not a dead-letter
     store (another application's), was written by a newer eventbus, is
@@ -240,9 +240,11 @@ class SQLiteDeadLetterStore:
                 f"SQLiteDeadLetterStore needs SQLite 3.24 or newer; this Python's sqlite3 "
                 f"module uses SQLite {sqlite3.sqlite_version}"
             )
-        self.path = pathlib.Path(path)
-        self.max_event_bytes = max_event_bytes
         self._memory = os.fspath(path) == MEMORY
+        # Absolute from the start: the file may be made long after (at the first add), when
+        # the working directory may have changed.
+        self.path = pathlib.Path(path) if self._memory else pathlib.Path(path).absolute()
+        self.max_event_bytes = max_event_bytes
         if self._memory and not create:
             raise ValueError(
                 'SQLiteDeadLetterStore(":memory:") is a new, empty store: create=False, which '
