@@ -161,7 +161,9 @@ class Event(BaseModel):
     validation (``model_construct``, ``model_copy(update=...)``).
 
     JSON: :meth:`to_json` and :meth:`from_json` (``model_dump_json`` and
-    ``model_validate_json`` follow the same rules) give back an equal event.
+    ``model_validate_json`` follow the same rules) give back an equal event,
+    but for values under ``Any``, ``object`` or ``JsonValue``, which come back
+    as JSON gives them.
     Fields are written under their alias and read under their alias or name;
     ``bytes`` are written as URL-safe base64; computed fields are written,
     and ignored when read (they are computed again); a datetime whose UTC

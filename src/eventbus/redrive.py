@@ -269,6 +269,7 @@ def _cannot_rebuild(letter: DeadLetter, event: UndefinedEvent) -> str:
             else "No class can rebuild its event from what was stored: `show` prints what was "
             "kept, to act on by hand"
         )
+        reason = reason.removeprefix("this letter cannot be redriven: ")  # said once, here
         return f"dead letter {letter.id} cannot be redriven: {reason}. {what}"
     return (
         f"dead letter {letter.id}: its event cannot be rebuilt in this process: {reason}; "
