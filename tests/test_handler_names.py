@@ -82,8 +82,9 @@ def _run(args: list[str], cwd: pathlib.Path, **env: str) -> subprocess.Completed
         ("orders.py", ["-m", "orders"], "orders:bus"),
         ("shop/orders.py", ["shop/orders.py"], "shop.orders:bus"),
         ("shop/orders.py", ["-m", "shop.orders"], "shop.orders:bus"),
+        ("orders.py", ["-m", "cProfile", "-o", os.devnull, "orders.py"], "orders:bus"),
     ],
-    ids=["script", "module", "script-in-package", "module-in-package"],
+    ids=["script", "module", "script-in-package", "module-in-package", "under-a-tool"],
 )
 def test_a_letter_left_by_a_script_is_redriven_by_the_command_line(
     tmp_path: pathlib.Path, layout: str, started_as: list[str], app: str
@@ -377,3 +378,48 @@ def test_a_script_that_defines_events_may_still_be_imported_by_its_name(
     (tmp_path / "orders.py").write_text(SELF_IMPORTING)
     run = _run(["orders.py"], tmp_path)
     assert (run.returncode, run.stdout, run.stderr) == (0, "ok\n", "")
+
+
+SPAWNING = """\
+import multiprocessing
+
+from eventbus import Event, EventBus
+
+
+class Shipped(Event):
+    order_id: str
+
+
+bus = EventBus()
+
+
+@bus.subscribe
+def ship(event: Shipped) -> None:
+    pass
+
+
+def names() -> tuple[str, list[str]]:
+    return Shipped.event_type, [sub.name for sub in bus.subscriptions]
+
+
+def report(queue: "multiprocessing.Queue[object]") -> None:
+    queue.put(names())
+
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")  # the child imports this file as __mp_main__
+    queue = context.Queue()
+    child = context.Process(target=report, args=(queue,))
+    child.start()
+    print(queue.get(timeout=60))
+    child.join()
+    print(names())
+"""
+
+
+def test_a_spawned_child_names_handlers_and_events_as_its_parent(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "orders.py").write_text(SPAWNING)
+    run = _run(["orders.py"], tmp_path)
+    assert run.returncode == 0, run.stderr
+    child, parent = run.stdout.splitlines()
+    assert child == parent == str(("orders.Shipped", ["orders.ship"]))

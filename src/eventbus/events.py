@@ -39,7 +39,7 @@ from .event_schema import (
     _why_not_json,
 )
 from .frozen import FrozenDict, FrozenList, FrozenSet
-from .naming import importable_module_name
+from .naming import MAIN_MODULES, importable_module_name, namespace_of_caller
 
 __all__ = [
     "JSON_DEPTH_LIMIT",
@@ -223,14 +223,18 @@ class Event(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: t.Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        namespace = None
+        if cls.__module__ in MAIN_MODULES:  # the class body's globals know the file
+            namespace = namespace_of_caller(cls.__module__)
+        identity = f"{importable_module_name(cls.__module__, namespace)}.{cls.__qualname__}"
         explicit = cls.__dict__.get("event_type", _UNSET)
         if explicit is _UNSET:
-            cls.event_type = _identity(cls)
+            cls.event_type = identity
         elif not isinstance(explicit, str) or not explicit:
             raise TypeError(
                 f"{cls.__qualname__}.event_type must be a non-empty string, got {explicit!r}"
             )
-        _types.register(cls)
+        _types.register(cls, identity)
 
     @classmethod
     def class_for(cls, event_type: str) -> type[t.Self]:
@@ -300,37 +304,39 @@ class Event(BaseModel):
 
 
 class _EventTypes:
-    """The process-wide map from ``event_type`` to class (Event subclasses only)."""
+    """The process-wide map from ``event_type`` to class (Event subclasses only).
+
+    Each class is kept with its identity, ``"module.QualName"`` with the module
+    named as it is imported (see naming.py), worked out when the class was
+    created: two classes of one identity are one class defined again (a
+    reload, a re-run cell, a script imported by its name), and the later
+    replaces the earlier; two of different identities may not share a name.
+    """
 
     def __init__(self) -> None:
-        self._classes: dict[str, type[Event]] = {}
+        self._classes: dict[str, tuple[type[Event], str]] = {}
         self._lock = threading.Lock()
 
-    def register(self, cls: type[Event]) -> None:
+    def register(self, cls: type[Event], identity: str) -> None:
         name = cls.event_type
         with self._lock:
             existing = self._classes.get(name)
-            if existing is not None and _identity(existing) != _identity(cls):
+            if existing is not None and existing[1] != identity:
                 raise TypeError(
-                    f"event_type {name!r} of {_identity(cls)} is already used by "
-                    f"{_identity(existing)}; give one of them another "
+                    f"event_type {name!r} of {identity} is already used by "
+                    f"{existing[1]}; give one of them another "
                     f'`event_type = "..."`'
                 )
-            self._classes[name] = cls
+            self._classes[name] = (cls, identity)
 
     def get(self, name: str) -> type[Event] | None:
-        return self._classes.get(name)
+        found = self._classes.get(name)
+        return found[0] if found is not None else None
 
     def items(self) -> list[tuple[str, type[Event]]]:
         with self._lock:
-            return list(self._classes.items())
-
-
-def _identity(cls: type) -> str:
-    # A class of a script run as __main__ is named as its module is imported (see
-    # naming.py): its letters are read back by a process that imports it by that name.
-    return f"{importable_module_name(cls.__module__)}.{cls.__qualname__}"
+            return [(name, cls) for name, (cls, _) in self._classes.items()]
 
 
 _types = _EventTypes()
-_types.register(Event)
+_types.register(Event, "eventbus.Event")

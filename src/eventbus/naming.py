@@ -8,33 +8,53 @@ must therefore be named as it would be imported.
 
 from __future__ import annotations
 
+import collections.abc as c
 import functools
 import os
 import sys
+import types
+import typing as t
 
-__all__ = ["importable_module_name"]
+__all__ = ["importable_module_name", "namespace_of_caller"]
+
+#: The names a program's own file runs under: as started, and re-imported in a
+#: multiprocessing child started by spawn or forkserver.
+MAIN_MODULES: t.Final = frozenset({"__main__", "__mp_main__"})
 
 
-def importable_module_name(module: str) -> str:
-    """``module``, or for ``"__main__"`` the name the program's file is importable under.
+def importable_module_name(module: str, namespace: c.Mapping[str, t.Any] | None = None) -> str:
+    """``module``, or for a program's own file the name it is importable under.
 
-    ``python -m orders`` runs ``orders`` as ``__main__`` and records its real
-    name in ``__main__.__spec__``; ``python orders.py`` records none, so the
-    name is worked out from the file: its stem, preceded by the names of the
-    enclosing package directories (those with an ``__init__.py``). An
-    interactive session or a notebook has no file: ``"__main__"`` stays.
+    ``namespace`` is the globals of the code that ran as ``module`` (a
+    function's ``__globals__``); by default, that of ``sys.modules[module]``,
+    which is another module when a tool runs the program (``python -m
+    cProfile orders.py``). ``python -m orders`` records the real name in
+    ``__spec__``; ``python orders.py`` records none, so the name is worked
+    out from ``__file__``: its stem, preceded by the names of the enclosing
+    package directories (those with an ``__init__.py``). An interactive
+    session or a notebook has no file: ``"__main__"`` stays.
     """
-    if module != "__main__":
+    if module not in MAIN_MODULES:
         return module
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    name = getattr(spec, "name", None)
-    if isinstance(name, str) and name:  # "package.__main__" for ``python -m package``
-        return name
-    path = getattr(main, "__file__", None)
+    if namespace is None:
+        namespace = getattr(sys.modules.get(module), "__dict__", None) or {}
+    name = getattr(namespace.get("__spec__"), "name", None)
+    if isinstance(name, str) and name and name not in MAIN_MODULES:
+        return name  # "package.__main__" for ``python -m package``
+    path = namespace.get("__file__")
     if not isinstance(path, str) or not path.endswith(".py"):
         return module
     return _module_of_file(os.path.abspath(path)) or module
+
+
+def namespace_of_caller(module: str) -> c.Mapping[str, t.Any] | None:
+    """The globals of the innermost calling frame that runs as ``module`` (a class body's)."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == module:
+            return frame.f_globals
+        frame = frame.f_back
+    return None
 
 
 @functools.cache

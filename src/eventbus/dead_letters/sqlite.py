@@ -187,8 +187,9 @@ class SQLiteDeadLetterStore:
 
     Besides the :class:`DeadLetterStore` protocol: ``close()`` (also on
     leaving a ``with`` block), and the ``path`` (absolute, resolved when the
-    store is made) and ``max_event_bytes`` attributes. Give the store a file of its own: it is marked with
-    ``PRAGMA application_id`` 0x4542444C ("EBDL"), and its schema version is
+    store is made) and ``max_event_bytes`` attributes. Give the store a
+    file of its own: it is marked with ``PRAGMA application_id`` 0x4542444C
+    ("EBDL"), and its schema version is
     the file's ``PRAGMA user_version``. A file that is not a dead-letter
     store (another application's), was written by a newer eventbus, is
     damaged, or cannot be opened raises :class:`SQLiteDeadLetterStoreError`

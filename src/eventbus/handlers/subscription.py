@@ -160,7 +160,12 @@ def handler_name(handler: object) -> str:
         kind = type(handler)
         return f"{importable_module_name(kind.__module__)}.{kind.__qualname__}()"
     module = getattr(handler, "__module__", None)
-    return f"{importable_module_name(module) if module else '?'}.{qualname}"
+    if not module:
+        return f"?.{qualname}"
+    # A function knows the globals it was defined in, even when a tool ran its file.
+    function = getattr(handler, "__func__", handler)
+    namespace = getattr(function, "__globals__", None)
+    return f"{importable_module_name(module, namespace)}.{qualname}"
 
 
 def caller_namespace() -> dict[str, object] | None:
