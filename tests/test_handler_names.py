@@ -8,6 +8,7 @@ module ran as ``__main__`` and must not be shared by two handlers of one bus.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -423,3 +424,81 @@ def test_a_spawned_child_names_handlers_and_events_as_its_parent(tmp_path: pathl
     assert run.returncode == 0, run.stderr
     child, parent = run.stdout.splitlines()
     assert child == parent == str(("orders.Shipped", ["orders.ship"]))
+
+
+# -- one handler, one name; handlers told apart by identity --------------------------------
+
+
+class Boxed(Packed, Weighed):
+    """Derives from two unrelated classes."""
+
+
+def test_built_in_methods_included_from_a_registry_are_numbered_too(bus: EventBus) -> None:
+    here: list[Event] = []
+    there: list[Event] = []
+    bus.subscribe(Packed)(here.append)
+    registry = HandlerRegistry()
+    registry.subscribe(Packed)(there.append)
+    bus.include(registry)
+    assert [sub.name for sub in bus.subscriptions] == ["?.list.append", "?.list.append#2"]
+    bus.publish(Packed(order_id="o-1"))
+    assert len(here) == len(there) == 1
+
+
+def test_a_number_is_never_given_twice(bus: EventBus) -> None:
+    first: list[Event] = []
+    second: list[Event] = []
+    third: list[Event] = []
+    bus.subscribe(Packed)(first.append)
+    bus.subscribe(Packed)(second.append)
+    bus.unsubscribe("?.list.append#2")  # its letters may still wait for it
+    bus.subscribe(Packed)(third.append)
+    assert [sub.name for sub in bus.subscriptions] == ["?.list.append", "?.list.append#3"]
+
+
+def test_a_handler_has_one_name(bus: EventBus) -> None:
+    bus.subscribe(Packed, name="on_packed")(_log_any)
+    with pytest.raises(ValueError, match=r"already subscribed as 'on_packed'.*name='on_packed'"):
+        bus.subscribe(Weighed, name="on_weighed")(_log_any)
+    with pytest.raises(ValueError, match="already subscribed as 'on_packed'"):
+        bus.subscribe(Weighed)(_log_any)  # its default name is another name
+    bus.subscribe(Weighed, name="on_packed")(_log_any)
+    [sub] = bus.subscriptions_for(Boxed)  # runs once, under its one name
+    assert sub.name == "on_packed"
+
+
+@dataclasses.dataclass
+class Counter:
+    """Equal to any other Counter of the same count: two of them are still two handlers."""
+
+    count: int = 0
+
+    def __call__(self, event: Event) -> None:
+        self.count += 1
+
+
+def test_handlers_equal_by_value_are_two_handlers(bus: EventBus) -> None:
+    packed, weighed = Counter(), Counter()
+    assert packed == weighed
+    bus.subscribe(Packed, name="count packed")(packed)
+    bus.subscribe(Weighed, name="count weighed")(weighed)
+    bus.subscribe(Packed, name="count again")(Counter())  # equal to both, and accepted
+    bus.publish(Boxed(order_id="o-1"))  # derives from both classes: each counter runs
+    assert (packed.count, weighed.count) == (1, 1)
+    bus.unsubscribe(weighed)
+    assert [sub.name for sub in bus.subscriptions] == ["count packed", "count again"]
+
+
+def _ship_in_main(event: Packed) -> None: ...
+
+
+_ship_in_main.__module__ = "__main__"
+
+
+def test_the_imported_twice_explanation_is_only_for_a_default_name_of_one_function(
+    bus: EventBus,
+) -> None:
+    bus.subscribe(name="ship")(_ship_in_main)
+    with pytest.raises(ValueError, match="another handler") as refused:
+        bus.subscribe(name="ship")(_ship_v1)  # two functions that were given one name
+    assert "imported twice" not in str(refused.value)

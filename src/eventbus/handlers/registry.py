@@ -16,11 +16,13 @@ import collections.abc as c
 import dataclasses
 import itertools
 import threading
+import types
 import typing as t
 
 from ..events import Event
+from ..naming import MAIN_MODULES
 from ..retry import RetryPolicy
-from .subscription import Subscription, caller_namespace
+from .subscription import Subscription, caller_namespace, handler_name
 
 __all__ = ["HandlerRegistry"]
 
@@ -35,6 +37,8 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._subscriptions: list[Subscription] = []
         self._sequence = itertools.count()
+        # The last number given to each name of a built-in method (``?.list.append#2``).
+        self._numbers: dict[str, int] = {}
         self._lock = threading.RLock()
         # Per event class: its subscriptions in delivery order.
         self._plans: dict[type, tuple[Subscription, ...]] = {}
@@ -178,9 +182,18 @@ class HandlerRegistry:
         with registry._lock:
             incoming = list(registry._subscriptions)
         with self._lock:
+            taken = {sub.name for sub in self._subscriptions}
+            adding = []
             for sub in incoming:
+                if (
+                    sub.name.startswith("?.") and sub.name in taken
+                ):  # numbered here, as at subscribe
+                    sub = dataclasses.replace(sub, name=self._free_name(sub, taken))
+                taken.add(sub.name)
+                adding.append(sub)
+            for sub in adding:
                 self._check_not_subscribed(sub)
-            for sub in incoming:
+            for sub in adding:
                 self._subscriptions.append(dataclasses.replace(sub, sequence=next(self._sequence)))
             self._invalidate()
 
@@ -198,7 +211,7 @@ class HandlerRegistry:
         def chosen(sub: Subscription) -> bool:
             if isinstance(handler, str):
                 return sub.name == handler
-            return bool(sub.handler == handler)
+            return same_handler(sub.handler, handler)
 
         with self._lock:
             keep = [
@@ -263,7 +276,7 @@ class HandlerRegistry:
             self._subscriptions.append(sub)
             self._invalidate()
 
-    def _free_name(self, new: Subscription) -> str:
+    def _free_name(self, new: Subscription, taken: c.Container[str] = ()) -> str:
         """A process-local name for a handler that no other process could name.
 
         A method of a built-in object (``seen.append``) has no module, so no
@@ -271,20 +284,35 @@ class HandlerRegistry:
         bus are told apart by a number (``?.list.append#2``) instead of
         being refused, which keeps ``subscribe(...)(seen.append)`` working.
         """
-        taken = {sub.name for sub in self._subscriptions if sub.handler != new.handler}
-        name, number = new.name, 1
-        while name in taken:
-            number += 1
-            name = f"{new.name}#{number}"
-        return name
+        for sub in self._subscriptions:
+            if same_handler(sub.handler, new.handler):
+                return sub.name  # subscribed again, to another class: the name it has
+        if new.name not in taken and not any(s.name == new.name for s in self._subscriptions):
+            return new.name
+        # Numbers are never given twice, even after an unsubscribe: a letter waiting
+        # for a removed handler must not be redriven to a new one that took its number.
+        base = new.name.partition("#")[0]
+        while True:
+            number = self._numbers[base] = self._numbers.get(base, 1) + 1
+            name = f"{base}#{number}"
+            if name not in taken and not any(s.name == name for s in self._subscriptions):
+                return name
 
     def _check_not_subscribed(self, new: Subscription) -> None:
         """Refuse a handler that would run twice for one event, or a name already taken."""
         for sub in self._subscriptions:
-            if sub.handler != new.handler:
+            if not same_handler(sub.handler, new.handler):
                 if sub.name == new.name:
                     raise ValueError(_name_taken(new, sub))
                 continue
+            if sub.name != new.name:
+                raise ValueError(
+                    f"cannot subscribe {new.handler!r} as {new.name!r}: it is already "
+                    f"subscribed as {sub.name!r}, and a handler has one name (its dead "
+                    "letters are redriven to it by that name, a broker names its consumer "
+                    f"group after it); subscribe it with name={sub.name!r}, or subscribe a "
+                    "function of its own under the other name"
+                )
             for old in sub.event_types:
                 for added in new.event_types:
                     if issubclass(added, old) or issubclass(old, added):
@@ -322,16 +350,38 @@ class HandlerRegistry:
             # receives an event deriving from both once, by its first subscription in order.
             chosen: list[Subscription] = []
             for sub in receiving:
-                if not any(sub.handler == kept.handler for kept in chosen):
+                if not any(same_handler(sub.handler, kept.handler) for kept in chosen):
                     chosen.append(sub)
             plan = tuple(chosen)
             self._plans[event_class] = plan
             return plan
 
 
+def same_handler(a: object, b: object) -> bool:
+    """One handler: the same object, or the same method of the same object.
+
+    Identity, not ``==``: two callable objects equal by value (dataclass
+    instances) are two handlers. A bound method is made anew at each
+    attribute access, so it is one handler when its object and function are.
+    """
+    if a is b:
+        return True
+    if type(a) is not type(b) or not isinstance(a, types.MethodType | types.BuiltinMethodType):
+        return False
+    method = t.cast(t.Any, a)
+    other = t.cast(t.Any, b)
+    return bool(
+        method.__self__ is other.__self__
+        and getattr(method, "__func__", method.__name__)
+        == getattr(other, "__func__", other.__name__)
+    )
+
+
 def _name_taken(new: Subscription, old: Subscription) -> str:
     modules = {getattr(sub.handler, "__module__", None) for sub in (new, old)}
-    if "__main__" in modules and len(modules) == 2:
+    qualnames = {getattr(sub.handler, "__qualname__", None) for sub in (new, old)}
+    defaulted = new.name == handler_name(new.handler) == old.name == handler_name(old.handler)
+    if defaulted and len(qualnames) == 1 and len(modules) == 2 and modules & MAIN_MODULES:
         # The same file imported twice: run as the script, then imported by its name.
         return (
             f"cannot subscribe {new.handler!r}: {old.handler!r} is already subscribed under "
