@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import eventbus.redrive
 from eventbus import NO_HANDLER, DeadLetter, Event, EventBus, SQLiteDeadLetterStore, signals
 from eventbus import cli as cli_module
+from eventbus.dead_letters import DeadLetterStoreError
 from tests import cli_app
 from tests.cli_app import ParcelLost, ParcelReady, handlers
 from tests.permissions import unprivileged
@@ -298,6 +299,36 @@ def test_redrive_stores_the_letters_of_events_it_published_in_the_db(db: str) ->
     ] * 2
     assert f"new dead letter {str(children[0].id)[:8]} in {db}" in done.stdout
     assert "mail server down for parcel p-1" in done.stdout
+
+
+def test_redrive_says_so_when_the_store_refuses_a_new_letter_and_exits_2(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_add = SQLiteDeadLetterStore.add
+
+    def add(store: SQLiteDeadLetterStore, letter: DeadLetter) -> None:
+        if letter.handler == "tests.cli_app.notify_customer":  # the children: the disk is full
+            raise DeadLetterStoreError(f"{store.path}: database or disk is full")
+        real_add(store, letter)
+
+    monkeypatch.setattr(SQLiteDeadLetterStore, "add", add)
+    monkeypatch.setenv("CLI_APP_CARRIER", "up")
+    status, out, _ = in_process(capsys, "redrive", "--all", "--db", db, "--app", APP)
+    assert status == cli_module.EXIT_ERROR
+    assert out.count("NOT STORED") == 3  # each of the two letters' child, and the summary
+    assert "2 redriven, 0 still dead; 2 new dead letter(s) NOT STORED" in flat(out)
+    assert " in " + db not in out  # no letter is said to be in the store
+
+
+def test_an_in_memory_store_or_an_endless_age_is_a_clear_error(db: str) -> None:
+    memory = cli("list", "--db", ":memory:")
+    assert memory.returncode == 2
+    assert "--db :memory: names a new, empty in-memory store" in memory.stderr
+    assert "Traceback" not in memory.stderr
+    endless = cli("list", "--db", db, "--older-than", "99999999999d")
+    assert endless.returncode == 2
+    assert "longer than any age a letter can have" in endless.stderr
+    assert "Traceback" not in endless.stderr
 
 
 def test_show_says_what_redriving_an_unhandled_letter_would_do(db: str) -> None:

@@ -990,3 +990,22 @@ def test_redrive_all_of_unhandled_letters_by_their_handler_name(mode: str) -> No
     assert received == [unhandled.event]
     assert body.calls == 1
     assert list(h.bus.dead_letters) == [handled]
+
+
+def test_a_letter_from_a_script_before_names_by_module_explains_itself() -> None:
+    h = Harness()
+    subscribe(h.bus, Switch())
+    stand_in = UndefinedEvent(
+        stored_type=f"__main__.{RedriveOrder.__qualname__}",
+        payload=RedriveOrder().model_dump_json(),
+        reason="no Event subclass has this event_type",
+    )
+    letter = DeadLetter.from_exception(
+        stand_in, "__main__.reserve", 1, Boom("stored"), failed_at=h.clock.now
+    )
+    with pytest.raises(RedriveError) as refused:
+        h.bus.redrive(letter)
+    message = str(refused.value)
+    assert "was recorded by a program run as a script, under the name __main__" in message
+    assert repr(RedriveOrder.event_type) in message  # the class it is now
+    assert f"event_type = '__main__.{RedriveOrder.__qualname__}'" in message

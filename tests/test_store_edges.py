@@ -830,3 +830,20 @@ def test_a_relative_path_is_resolved_when_the_store_is_made(
     assert not (elsewhere / "dlq.db").exists()
     with SQLiteDeadLetterStore(home / "dlq.db", create=False) as reopened:
         assert len(reopened) == 1
+
+
+def test_a_store_with_a_damaged_header_is_called_damaged_not_foreign(path: pathlib.Path) -> None:
+    with SQLiteDeadLetterStore(path) as store:
+        store.add(_letter())
+    data = bytearray(path.read_bytes())
+    data[16:100] = b"\xff" * 84  # page size, format numbers: the header after the magic
+    path.write_bytes(bytes(data))
+    with pytest.raises(SQLiteDeadLetterStoreError) as raised:
+        SQLiteDeadLetterStore(path)
+    message = str(raised.value)
+    assert "is damaged" in message
+    assert ".recover" in message
+    assert "of its own" not in message  # the advice for another application's file
+    path.write_bytes(b"name,email\nada,ada@example.com\n")  # not SQLite at all: foreign
+    with pytest.raises(SQLiteDeadLetterStoreError, match="not a dead-letter store"):
+        SQLiteDeadLetterStore(path)

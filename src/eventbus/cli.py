@@ -39,7 +39,8 @@ EXIT_OK = 0
 #: ``redrive``: some letter is still dead (it failed again, or cannot be redriven here).
 EXIT_STILL_DEAD = 1
 #: The command could not run: a usage error, a wrong ``--app``, or a store that is missing,
-#: is not a dead-letter store, is damaged, or cannot be read or written.
+#: is not a dead-letter store, is damaged, or cannot be read or written; or, for
+#: ``redrive``, a new dead letter that the store refused (it is only in the log).
 EXIT_ERROR = 2
 
 #: The fewest characters of a letter's id accepted (``list`` prints 8).
@@ -52,7 +53,8 @@ exit status:
   {EXIT_OK}  done
   {EXIT_STILL_DEAD}  redrive: some letter is still dead (it failed again, or cannot be redriven)
   {EXIT_ERROR}  the command could not run: a usage error, a wrong --app, or a store that is
-     missing, is not a dead-letter store, is damaged, or cannot be read or written"""
+     missing, is not a dead-letter store, is damaged, or cannot be read or written;
+     or redrive made a dead letter the store refused (it is only in the log)"""
 
 
 class CommandError(Exception):
@@ -162,19 +164,38 @@ def _redrive_command(args: argparse.Namespace) -> int:
         raise CommandError("--to-handler needs a handler's name, as the bus subscribed it")
     _require_writable(args.db, "redrive")
     outcomes: list[_redrive.RedriveOutcome] = []
+    unstored: set[uuid.UUID] = set()  # new letters the store refused (the log has them)
     try:
         with _store(args.db) as store:
             for letter in _chosen(store, args):  # one at a time: each checked to be still there
-                outcomes += _redrive.redrive_all(bus, store, [letter], to_handler=args.to_handler)
+                done = _redrive.redrive_all(bus, store, [letter], to_handler=args.to_handler)
+                for outcome in done:
+                    unstored.update(
+                        new.id for new in outcome.new_dead_letters if not _has(store, new)
+                    )
+                outcomes += done
     except CommandError:
         if outcomes:
-            _report(outcomes, args)
-            print("\nstopped by the error below; the letters not shown above were not redriven")
+            _report(outcomes, args, unstored)
+            print(
+                "\nstopped by the error below, during or after the last letter shown (whose "
+                "handler may have run); the letters after it were not redriven"
+            )
+        else:
+            print("stopped by the error below; the letter in progress, if any, may have run")
         raise
     if not outcomes:
         print("no dead letters match")
         return EXIT_OK
-    return _report(outcomes, args)
+    return _report(outcomes, args, unstored)
+
+
+def _has(store: SQLiteDeadLetterStore, letter: DeadLetter) -> bool:
+    try:
+        store.get(letter.id)
+    except KeyError:
+        return False
+    return True
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -204,7 +225,11 @@ def _purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(outcomes: c.Sequence[_redrive.RedriveOutcome], args: argparse.Namespace) -> int:
+def _report(
+    outcomes: c.Sequence[_redrive.RedriveOutcome],
+    args: argparse.Namespace,
+    unstored: c.Container[uuid.UUID] = frozenset(),
+) -> int:
     """Print what a redrive did, every reason in full; return the exit status."""
     rows: list[tuple[str, ...]] = []
     details: list[tuple[str, str]] = []
@@ -229,8 +254,15 @@ def _report(outcomes: c.Sequence[_redrive.RedriveOutcome], args: argparse.Namesp
             details += [
                 (
                     short,
-                    f"new dead letter {str(new.id)[:8]} in {args.db}: {new.handler} on "
-                    f"{new.event_type}: {_short(new.error_type)}: {new.error_message}",
+                    (
+                        f"new dead letter {str(new.id)[:8]} NOT STORED: {args.db} refused it "
+                        "(the CRITICAL log line says why); it is lost unless its event is "
+                        f"published again: {new.handler} on {new.event_type}: "
+                        if new.id in unstored
+                        else f"new dead letter {str(new.id)[:8]} in {args.db}: {new.handler} on "
+                        f"{new.event_type}: "
+                    )
+                    + f"{_short(new.error_type)}: {new.error_message}",
                 )
                 for new in outcome.new_dead_letters
             ]
@@ -247,7 +279,14 @@ def _report(outcomes: c.Sequence[_redrive.RedriveOutcome], args: argparse.Namesp
     gone = sum(outcome.gone for outcome in outcomes)
     failed = sum(not outcome.ok and not outcome.gone for outcome in outcomes)
     summary = f"{len(outcomes) - failed - gone} redriven, {failed} still dead"
-    print(f"\n{summary}" + (f", {gone} already gone" if gone else ""))
+    lost = sum(new.id in unstored for outcome in outcomes for new in outcome.new_dead_letters)
+    print(
+        f"\n{summary}"
+        + (f", {gone} already gone" if gone else "")
+        + (f"; {lost} new dead letter(s) NOT STORED" if lost else "")
+    )
+    if lost:
+        return EXIT_ERROR
     return EXIT_STILL_DEAD if failed else EXIT_OK
 
 
@@ -299,6 +338,11 @@ def _store(path: str) -> c.Iterator[SQLiteDeadLetterStore]:
     Errors are caught while the store is used, not only when it opens: a
     damaged file may open and fail at its first read.
     """
+    if path == ":memory:":
+        raise CommandError(
+            "--db :memory: names a new, empty in-memory store, which holds no letters to act "
+            "on; give the path of the store's file (a file of that name is ./:memory:)"
+        )
     try:
         try:
             store = SQLiteDeadLetterStore(path, create=False)
@@ -604,7 +648,12 @@ def _duration(text: str) -> timedelta:
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 15m, 2h or 7d")
     value, unit = float(match[1]), match[2]
-    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3_600, "d": 86_400}[unit])
+    try:
+        return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3_600, "d": 86_400}[unit])
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is longer than any age a letter can have (at most 999999999d)"
+        ) from None
 
 
 # -- arguments ----------------------------------------------------------------------

@@ -19,11 +19,13 @@ import typing as t
 import uuid
 from datetime import timedelta
 
+from . import events as _events
 from . import signals
 from .cascade import open_root, run, run_async
 from .context import loop_is_running
 from .dead_letters import DeadLetter, DeadLetterStore, UndefinedEvent
 from .errors import RedriveError, SyncPublishError
+from .naming import MAIN_MODULES
 from .plans import Plan, compile_plan
 
 if t.TYPE_CHECKING:
@@ -271,11 +273,29 @@ def _cannot_rebuild(letter: DeadLetter, event: UndefinedEvent) -> str:
         )
         reason = reason.removeprefix("this letter cannot be redriven: ")  # said once, here
         return f"dead letter {letter.id} cannot be redriven: {reason}. {what}"
+    module, _, qualname = event.stored_type.partition(".")
+    if module in MAIN_MODULES and qualname:
+        # Made by a script, before eventbus named a script's event types by its module.
+        now = sorted(name for name, cls in _event_types() if name.endswith("." + qualname))
+        return (
+            f"dead letter {letter.id}: its event type {event.stored_type!r} was recorded by "
+            "a program run as a script, under the name __main__, which no process can import; "
+            "eventbus now names such types by the script's module"
+            + (f" (here: {', '.join(map(repr, now))})" if now else "")
+            + ". `show` prints its stored JSON: publish that event again by hand "
+            f"(Event.from_json({now[0] if now else 'NEW_TYPE'!r}, payload)) and purge the "
+            "letter, or give the class `event_type = " + repr(event.stored_type) + "` "
+            "while you redrive such letters"
+        )
     return (
         f"dead letter {letter.id}: its event cannot be rebuilt in this process: {reason}; "
         f"import the module that defines {letter.event_type!r} (or make the class accept its "
         "stored JSON again), then redrive"
     )
+
+
+def _event_types() -> list[tuple[str, type[Event]]]:
+    return _events._types.items()
 
 
 def _not_subscribed(bus: EventBus, letter: DeadLetter, name: str, event_class: type[Event]) -> str:
@@ -336,5 +356,3 @@ def _differs_by_module(name: str, sub: Subscription) -> tuple[str, str, str] | N
     if name == sub.name or not (sub.name.endswith(rest) and name.endswith(rest)):
         return None
     return name[: -len(rest)], sub.name[: -len(rest)], sub.name
-
-

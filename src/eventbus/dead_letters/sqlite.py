@@ -403,6 +403,8 @@ class SQLiteDeadLetterStore:
         except sqlite3.DatabaseError as error:
             if _code(error) != sqlite3.SQLITE_NOTADB:
                 raise
+            if self._sqlite_header():  # a SQLite file, damaged: say so, not "someone else's"
+                raise self._failure(error) from None
             raise self._foreign(str(error), error) from None
         if read_only:
             if kind == "empty":
@@ -419,6 +421,14 @@ class SQLiteDeadLetterStore:
                 "use a file on a local file system"
             )
         return kind, version
+
+    def _sqlite_header(self) -> bool:
+        """Whether the file starts as every SQLite database does."""
+        try:
+            with open(self.path, "rb") as file:
+                return file.read(16) == b"SQLite format 3\x00"
+        except OSError:
+            return False
 
     def _identify(self, db: sqlite3.Connection) -> tuple[_Kind, int]:
         """What the file is: an empty one, or a store older than this code, or current."""
