@@ -53,8 +53,16 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``cli.main`` in this process: (exit status, stdout, stderr)."""
-    status = cli_module.main(["dead-letters", *args])
+    """``cli.main`` in this process: (exit status, stdout, stderr).
+
+    ``--app`` puts the working directory on ``sys.path``, as a command line
+    should; the test's process gets its own ``sys.path`` back.
+    """
+    path = sys.path[:]
+    try:
+        status = cli_module.main(["dead-letters", *args])
+    finally:
+        sys.path[:] = path
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -428,7 +436,10 @@ def test_redrive_refuses_a_read_only_store_before_running_anything(
     assert len(letters(db)) == 2
 
 
-def test_a_read_only_store_lists_and_refuses_redrive_and_purge(db: str) -> None:
+def test_a_read_only_store_lists_and_refuses_redrive_and_purge(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "path", sys.path[:])  # --app adds the working directory
     # Run as a user whom permissions stop (a forked child that became nobody, under root);
     # the child cannot import from a root-only interpreter directory, so warm up first.
     assert cli_module.main(["dead-letters", "list", "--db", db, "--app", APP]) == 0

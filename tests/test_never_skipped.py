@@ -118,6 +118,12 @@ def test_a_delay_longer_than_a_sleep_can_wait_is_refused(field: str, value: floa
 
 
 def test_the_longest_accepted_delay_fits_time_sleep_and_asyncio_sleep() -> None:
+    async def sleep_briefly_for(seconds: float) -> None:
+        await asyncio.wait_for(asyncio.sleep(seconds), timeout=0.01)
+
+    with pytest.raises(TimeoutError):  # scheduled, as asked: not refused
+        asyncio.run(sleep_briefly_for(MAX_DELAY))
+
     # time.sleep converts its argument to a deadline in nanoseconds on the monotonic clock;
     # it refuses (OverflowError) a deadline past 2**63 ns, which MAX_DELAY stays well within.
     assert (time.monotonic() + MAX_DELAY) * 1e9 < 2**63
