@@ -7,7 +7,8 @@ whose values would not come back (a type JSON cannot carry, a union JSON
 cannot tell apart, an alias written under a key it is not read by), a
 redefined metadata field, or a config that breaks the round trip is a
 ``TypeError`` naming the field and the fix; lists, dicts and sets become
-frozen containers; offsets with seconds are written in whole minutes; and
+frozen containers; datetimes and times whose UTC offset has seconds are held
+in UTC (a time: at the nearest offset of whole minutes) once validated; and
 computed fields are ignored when JSON is read. This relies on the layout of
 pydantic-core's schemas, covered by tests/test_event_edges.py.
 """
@@ -50,62 +51,120 @@ _METADATA: t.Final = ("event_id", "occurred_at", "correlation_id", "causation_id
 
 _MINUTE = dt.timedelta(minutes=1)
 _SECONDS_OFFSET = "its UTC offset has seconds, which ISO 8601 cannot carry"
+_SECONDS_OFFSET_FIX = "give it an offset of whole minutes"
 _SOME_DAY = dt.date(2000, 1, 3)  # any day: a time is moved within one
 
 
-def _offsets_in_whole_minutes(value: t.Any, depth: int = 0) -> t.Any:
-    """``value``, with the datetimes and times in it whose UTC offset has seconds in UTC.
+def _offset_in_whole_minutes(value: t.Any) -> t.Any:
+    """``value`` as an event holds it: in UTC (a time: at the nearest whole-minute offset)
+    if its UTC offset has seconds, else ``value`` itself.
 
-    ISO 8601 offsets carry minutes only, and pydantic drops the seconds (a
-    historic offset such as +00:19:32 would come back 32 seconds off); in
-    UTC the instant is kept, and aware datetimes compare equal. The same
-    object where nothing changes. Goes into nested models and dataclasses,
-    which pydantic writes with their own serializers.
+    ISO 8601 offsets carry minutes only, and pydantic drops the seconds when it
+    writes one (a historic offset such as +00:19:32 would come back 32 seconds
+    off); in UTC the instant is kept, and aware datetimes compare equal. Run
+    once, when the event is validated, so that pydantic writes the value with
+    its own serializer. JSON text cannot carry such an offset (pydantic refuses
+    it), so values read from JSON need no check.
     """
-    if isinstance(value, datetime | dt.time):
-        try:
-            offset = value.utcoffset()
-        except Exception:  # a broken tzinfo: pydantic will say so
-            return value
-        if offset is None or not offset % _MINUTE:
-            return value
-        if isinstance(value, dt.time):
-            return _time_in_whole_minutes(value, offset)
-        try:
-            return value.astimezone(UTC)
-        except OverflowError:
-            raise ValueError(
-                f"{value!r}: {_SECONDS_OFFSET}, and in UTC it is outside the years 1 to 9999 "
-                "that datetime can hold"
-            ) from None
+    zone = value.tzinfo
+    if zone is UTC or zone is None:  # most values: decided without utcoffset(), a slow call
+        return value
+    try:
+        offset = value.utcoffset()
+    except Exception:  # a broken tzinfo: pydantic says so when it writes the value
+        return value
+    if offset is None or not (offset.seconds % 60 or offset.microseconds):  # whole minutes
+        return value
+    if not isinstance(value, datetime):
+        return _time_in_whole_minutes(value, offset)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{value!r}: {_SECONDS_OFFSET}, so an event holds it in UTC, where it is outside "
+            f"the years 1 to 9999 that datetime can hold; {_SECONDS_OFFSET_FIX}"
+        ) from None
+
+
+def _offsets_in_whole_minutes(value: t.Any, depth: int = 0) -> t.Any:
+    """``value`` with the datetimes and times in it as :func:`_offset_in_whole_minutes` makes
+    them: the same object where nothing changes, else a copy.
+
+    For nested models and dataclasses, which are validated by their own classes:
+    goes into their fields, at any depth, and into the lists, tuples, sets and
+    dicts they hold (not into subclasses of those: they could not be rebuilt).
+    """
+    kind = type(value)
+    holds = _HOLDS.get(kind) or _holds(kind)
+    if holds is _OTHER:
+        return value
+    if holds is _TEMPORAL:
+        return _offset_in_whole_minutes(value)
     if depth > JSON_DEPTH_LIMIT:
         return value
-    kind = type(value)
-    if kind in (list, tuple, FrozenList):
+    if holds is _ITEMS:
         items = [_offsets_in_whole_minutes(item, depth + 1) for item in value]
         if all(a is b for a, b in zip(items, value, strict=True)):
             return value
         return kind(items)
-    if kind in (dict, FrozenDict):
+    if holds is _VALUES:
         new = {key: _offsets_in_whole_minutes(item, depth + 1) for key, item in value.items()}
         return value if all(new[key] is item for key, item in value.items()) else kind(new)
-    if isinstance(value, BaseModel):
-        fields = dict(value.__dict__)
-    elif is_dataclass(value) and not isinstance(value, type):
-        fields = {field.name: getattr(value, field.name) for field in dataclass_fields(value)}
+    fields: c.Iterable[tuple[str, t.Any]]
+    if holds is _MODEL_FIELDS:
+        fields = value.__dict__.items()
     else:
-        return value
-    changed = {
-        name: new
-        for name, item in fields.items()
-        if (new := _offsets_in_whole_minutes(item, depth + 1)) is not item
-    }
+        fields = [(field.name, getattr(value, field.name)) for field in dataclass_fields(value)]
+    changed = None
+    for name, item in fields:
+        # The common fields inline (this runs at each construction of the event): text,
+        # numbers, UTC and naive datetimes.
+        holds = _HOLDS.get(type(item)) or _holds(type(item))
+        if holds is _OTHER or (
+            holds is _TEMPORAL and ((zone := item.tzinfo) is UTC or zone is None)
+        ):
+            continue
+        new = _offsets_in_whole_minutes(item, depth + 1)
+        if new is not item:
+            changed = changed or {}
+            changed[name] = new
     if not changed:
         return value
     value = copy.copy(value)
     for name, new in changed.items():
         _set(value, name, new)
     return value
+
+
+# What _offsets_in_whole_minutes does with a value, by its type: looked up once per type
+# (isinstance on a pydantic model and is_dataclass are slow calls).
+_OTHER, _TEMPORAL, _ITEMS, _VALUES, _MODEL_FIELDS, _DATACLASS_FIELDS = (
+    "other",
+    "temporal",
+    "items",
+    "values",
+    "model fields",
+    "dataclass fields",
+)
+_HOLDS: dict[type, str] = {}
+
+
+def _holds(kind: type) -> str:
+    if issubclass(kind, datetime | dt.time):
+        holds = _TEMPORAL
+    elif kind in (list, tuple, set, frozenset, FrozenList, FrozenSet):  # rebuilt: kind(items)
+        holds = _ITEMS
+    elif kind in (dict, FrozenDict):
+        holds = _VALUES
+    elif issubclass(kind, BaseModel):
+        holds = _MODEL_FIELDS
+    elif is_dataclass(kind):
+        holds = _DATACLASS_FIELDS
+    else:
+        holds = _OTHER
+    if len(_HOLDS) < 1024:  # types made at run time must not grow it without end
+        _HOLDS[kind] = holds
+    return holds
 
 
 def _time_in_whole_minutes(value: dt.time, offset: dt.timedelta) -> dt.time:
@@ -122,14 +181,12 @@ def _time_in_whole_minutes(value: dt.time, offset: dt.timedelta) -> dt.time:
             return moved.time().replace(tzinfo=dt.timezone(moved_offset), fold=value.fold)
     raise ValueError(  # an offset just short of a day, at the day's very edge
         f"{value!r}: {_SECONDS_OFFSET}, and no offset of whole minutes gives that time "
-        "within its day"
+        f"within its day; {_SECONDS_OFFSET_FIX}"
     )
 
 
-def _write_offsets_in_whole_minutes(
-    value: t.Any, write: core_schema.SerializerFunctionWrapHandler
-) -> t.Any:
-    return write(_offsets_in_whole_minutes(value))
+def _checked_default(factory: c.Callable[..., t.Any], *data: t.Any) -> t.Any:
+    return _offsets_in_whole_minutes(factory(*data))
 
 
 def _through_thawed(write: c.Callable[..., t.Any], value: t.Any, /, *args: t.Any) -> t.Any:
@@ -282,11 +339,15 @@ class _EventSchema:
 
     The event's own fields get their lists, dicts and sets frozen (an
     after-validator that is a C call: ``FrozenList(value)``), their
-    datetimes and times a serializer for offsets with seconds, and computed
-    fields are dropped from JSON input. Nested pydantic models are built by
-    their own classes (pydantic reuses their validators and serializers), so
-    they are only checked: a field that would not survive JSON, anywhere in
-    the event, is a ``TypeError`` naming it and the fix.
+    datetimes and times an after-validator that puts an offset with seconds
+    in whole minutes (in Python mode only: JSON text cannot carry one), and
+    computed fields are dropped from JSON input. Nested pydantic models are
+    built by their own classes (pydantic reuses their validators and
+    serializers), so they are only checked, and one that holds datetimes or
+    times gets the same after-validator around it, going into its fields. A
+    field that would not survive JSON, anywhere in the event, is a
+    ``TypeError`` naming it and the fix. Nothing is added to how events are
+    written: pydantic's serializers write them, in Rust.
     """
 
     def __init__(self, cls: type[Event], handler: GetCoreSchemaHandler, base: type[Event]) -> None:
@@ -295,8 +356,11 @@ class _EventSchema:
         self.handler = handler
         self.definitions: list[core_schema.CoreSchema] = []
         self.copies: dict[str, str] = {}  # ref of a definition -> ref of the event's copy
-        self.checked: dict[str, bool] = {}  # ref of a nested model -> it holds datetimes
-        self.temporals = 0  # how many datetime and time schemas the walk has seen so far
+        # ref of a nested model -> it holds datetimes or times, and some reached by Python
+        # values in JSON mode (see converted)
+        self.checked: dict[str, tuple[bool, bool]] = {}
+        self.temporals = 0  # how many datetime and time schemas pydantic writes, seen so far
+        self.converted = 0  # how many of them get Python values in JSON mode (a validator's)
         self.problems: list[str] = []
         self.freezes = 0  # how many containers the walk has frozen so far
 
@@ -344,15 +408,6 @@ class _EventSchema:
             write = functools.partial(_through_thawed, serialization["function"])
             serialization = {**serialization, "function": write}
             built = {**built, "serialization": serialization}
-        inner = serialization.get("schema")
-        if isinstance(inner, dict) and "type" in inner:
-            # A wrap serializer writes through a schema of its own (Sequence[datetime]'s):
-            # the datetimes in it need the same care, its checks were made above.
-            problems, self.problems = self.problems, []
-            new = self.node(inner, walk._replace(from_json=False, replaced=False))
-            self.problems = problems
-            if new is not inner:
-                built = {**built, "serialization": {**serialization, "schema": new}}
         return built
 
     def children(self, schema: t.Any, walk: _Walk) -> t.Any:
@@ -397,20 +452,36 @@ class _EventSchema:
                 f"could change it for the handlers after it; give {model.__qualname__} "
                 "model_config = ConfigDict(frozen=True)",
             )
-        temporals = self.temporals
+        seen = self.temporals, self.converted
         self.nested(schema, walk, model, rules)
-        return self.whole_minutes(schema) if self.temporals > temporals else schema
+        return self.nested_offsets(schema, walk, seen)
 
-    def whole_minutes(self, schema: t.Any) -> t.Any:
-        """A nested model that holds datetimes, written with their offsets in whole minutes."""
-        if "serialization" in schema:
+    def nested_offsets(self, schema: t.Any, walk: _Walk, seen: tuple[int, int]) -> t.Any:
+        """A nested model (or dataclass) that holds datetimes or times, checked for offsets
+        with seconds once validated; ``seen`` is what the counts were before its fields."""
+        if self.temporals == seen[0]:
             return schema
-        return {
-            **schema,
-            "serialization": core_schema.wrap_serializer_function_ser_schema(
-                _write_offsets_in_whole_minutes, info_arg=False, when_used="json"
-            ),
-        }
+        return self.offsets(schema, walk, _offsets_in_whole_minutes, self.converted > seen[1])
+
+    def offsets(
+        self,
+        schema: t.Any,
+        walk: _Walk,
+        check: c.Callable[[t.Any], t.Any],
+        converted: bool,
+    ) -> t.Any:
+        """``schema`` followed by ``check``, which puts offsets with seconds in whole minutes.
+
+        In JSON mode only where a validator may hand the schema Python values
+        (``converted``, or ``walk.from_json`` false): JSON text carries no offset
+        with seconds, so an event read from JSON is read without Python steps.
+        """
+        if not walk.rewrite:
+            return schema
+        checked = core_schema.no_info_after_validator_function(check, schema)
+        if converted or not walk.from_json:
+            return checked
+        return core_schema.json_or_python_schema(json_schema=schema, python_schema=checked)
 
     def _dataclass(self, schema: t.Any, walk: _Walk) -> t.Any:
         model = schema["cls"]
@@ -422,9 +493,9 @@ class _EventSchema:
                 f"{model.__qualname__} is a dataclass that is not frozen, so a handler could "
                 "change it for the handlers after it; declare it @dataclass(frozen=True)",
             )
-        temporals = self.temporals
+        seen = self.temporals, self.converted
         self.nested(schema, walk, model, schema.get("config", {}))
-        return self.whole_minutes(schema) if self.temporals > temporals else schema
+        return self.nested_offsets(schema, walk, seen)
 
     def nested(self, schema: t.Any, walk: _Walk, model: type, rules: t.Any) -> None:
         """Check a nested model or dataclass: it writes and reads JSON by its own config."""
@@ -524,12 +595,16 @@ class _EventSchema:
             return schema
         if not walk.rewrite or target.get("type") in ("model", "dataclass"):
             # Built by its own class: the reference stays, its schema is only checked.
-            if ref not in self.checked:
-                self.checked[ref] = False  # while it is checked (it may refer to itself)
-                temporals = self.temporals
+            seen = self.temporals, self.converted
+            if ref in self.checked:  # what it holds counts for each model that refers to it
+                temporals, converted = self.checked[ref]
+                self.temporals += temporals
+                self.converted += converted
+            else:
+                self.checked[ref] = (False, False)  # while it is checked (it may refer to itself)
                 self.node(target, walk._replace(rewrite=False))
-                self.checked[ref] = self.temporals > temporals
-            return self.whole_minutes(schema) if self.checked[ref] else schema
+                self.checked[ref] = (self.temporals > seen[0], self.converted > seen[1])
+            return self.nested_offsets(schema, walk, seen)
         copy_ref = self.copies.get(ref)
         if copy_ref is None:  # a TypedDict, a recursive type: a copy made for the event
             copy_ref = self.copies[ref] = f"{ref}:eventbus"
@@ -568,14 +643,26 @@ class _EventSchema:
         return core_schema.no_info_after_validator_function(kind, schema)
 
     def _default(self, schema: t.Any, walk: _Walk) -> t.Any:
-        freezes = self.freezes
+        freezes, temporals = self.freezes, self.temporals
         built = self.children(schema, walk)
-        if self.freezes == freezes:  # nothing to freeze in the default either
+        freeze, offsets = self.freezes > freezes, walk.rewrite and self.temporals > temporals
+        if not (freeze or offsets):  # nothing to freeze or check in the default either
             return built
+        # pydantic does not validate defaults: they get what validation does to values.
         if "default" in built:
-            return {**built, "default": _deep_freeze(built["default"])}
+            default = built["default"]
+            if offsets:
+                try:
+                    default = _offsets_in_whole_minutes(default)
+                except ValueError as error:
+                    self.problem(walk, f"its default {error}")
+            return {**built, "default": _deep_freeze(default) if freeze else default}
         if "default_factory" in built:
-            factory = functools.partial(_frozen_default, built["default_factory"])
+            factory = built["default_factory"]
+            if offsets:
+                factory = functools.partial(_checked_default, factory)
+            if freeze:
+                factory = functools.partial(_frozen_default, factory)
             return {**built, "default_factory": factory}
         return built
 
@@ -647,7 +734,9 @@ class _EventSchema:
         python = walk._replace(from_json=False)
         if schema["json_schema"].get("type") == "any":  # JsonValue: held as given, like Any
             python = python._replace(freeze=False)
+        converted = self.converted
         python_schema = self.node(schema["python_schema"], python)
+        self.converted = converted  # JSON mode never takes the Python branch
         if json_schema is schema["json_schema"] and python_schema is schema["python_schema"]:
             return schema
         return {**schema, "json_schema": json_schema, "python_schema": python_schema}
@@ -666,15 +755,11 @@ class _EventSchema:
         return {**schema, "steps": new}
 
     def _datetime(self, schema: t.Any, walk: _Walk) -> t.Any:
-        self.temporals += 1
-        if walk.replaced:  # written by a serializer of its own
+        if walk.replaced:  # written by a serializer of its own, which gets it as given
             return schema
-        return {
-            **schema,
-            "serialization": core_schema.wrap_serializer_function_ser_schema(
-                _write_offsets_in_whole_minutes, info_arg=False, when_used="json"
-            ),
-        }
+        self.temporals += 1
+        self.converted += not walk.from_json
+        return self.offsets(schema, walk, _offset_in_whole_minutes, converted=False)
 
     _time = _datetime
 
@@ -833,9 +918,6 @@ def _fix_for(value: object, error: Exception) -> str:
             "errors='replace' (or os.fsencode(name).decode(errors='replace')), or keep the "
             "raw bytes in a bytes field"
         )
-    if _SECONDS_OFFSET in text:
-        detail = text[text.index(_SECONDS_OFFSET) :].removeprefix("its ").splitlines()[0]
-        return f"it holds a datetime or time whose {detail}; give it an offset of whole minutes"
     if "depth" in text or "recursion" in text.lower():
         return (
             f"it is nested too deep for JSON ({text}); pydantic reads JSON nested at most "

@@ -156,9 +156,11 @@ class Event(BaseModel):
     :class:`FrozenDict` or :class:`FrozenSet`, equal to and usable as the
     plain container, whose changing methods raise ``TypeError``. Nested
     pydantic models and dataclasses must be frozen themselves (checked at
-    class creation) and are held as given. Not frozen: what a field typed
-    ``Any``, ``object`` or ``JsonValue`` holds, and events made without
-    validation (``model_construct``, ``model_copy(update=...)``).
+    class creation) and are held as given (but for an equal copy, below,
+    where they hold a datetime or time whose offset has seconds). Not
+    frozen: what a field typed ``Any``, ``object`` or ``JsonValue`` holds,
+    and events made without validation (``model_construct``,
+    ``model_copy(update=...)``).
 
     JSON: :meth:`to_json` and :meth:`from_json` (``model_dump_json`` and
     ``model_validate_json`` follow the same rules) give back an equal event,
@@ -167,11 +169,12 @@ class Event(BaseModel):
     Fields are written under their alias and read under their alias or name;
     ``bytes`` are written as URL-safe base64; computed fields are written,
     and ignored when read (they are computed again); a datetime whose UTC
-    offset is not a whole number of minutes is written in UTC, a time at the
-    nearest offset of whole minutes (the same instant: ISO 8601 offsets carry
-    minutes only); inf and nan are written as ``Infinity`` and ``NaN``. A
-    class with a field that could not come back equal is refused when it is
-    created (``TypeError`` naming the field and the fix).
+    offset is not a whole number of minutes is held in UTC from validation
+    on, a time at an offset of whole minutes (the same instant: ISO 8601
+    offsets carry minutes only, and pydantic would drop the seconds); inf
+    and nan are written as ``Infinity`` and ``NaN``. A class with a field
+    that could not come back equal is refused when it is created
+    (``TypeError`` naming the field and the fix).
     """
 
     # inf and nan survive the JSON round trip instead of silently becoming null; bytes
