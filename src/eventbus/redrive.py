@@ -1,7 +1,7 @@
 """Redrive: run the handler of a dead letter on its event again, and settle the letter.
 
 A redrive is a cascade of its own whose root runs one handler, the one the
-letter names (or the one named by ``handler=``), under that handler's retry
+letter names (or the one named by ``to_handler=``), under that handler's retry
 policy and middleware; the events it publishes cascade as in ``publish``.
 On success the letter leaves its store; if the handler fails again, the
 same letter (same id) is stored with its attempts added and its last
