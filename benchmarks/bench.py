@@ -209,8 +209,8 @@ def sync_publish(count: int) -> Case:
 
     tally = Tally()
     bus = EventBus()
-    for handler in _sync_handlers(count, tally):
-        bus.subscribe(Ping)(handler)
+    for number, handler in enumerate(_sync_handlers(count, tally)):
+        bus.subscribe(Ping, name=f"handler {number}")(handler)  # closures of one factory
     contenders["eventbus"] = Contender(
         _publisher(bus, event), [counts("handler runs", tally, count)]
     )
@@ -355,8 +355,8 @@ def async_publish(count: int, *, concurrent: bool) -> Case:
 
     tally = Tally()
     bus = EventBus(concurrent=concurrent)
-    for handler in _async_handlers(count, tally):
-        bus.subscribe(Ping)(handler)
+    for number, handler in enumerate(_async_handlers(count, tally)):
+        bus.subscribe(Ping, name=f"handler {number}")(handler)  # closures of one factory
 
     async def eventbus(n: int) -> None:
         publish = bus.publish_async

@@ -130,8 +130,10 @@ class HandlerRegistry:
         Returns the handler unchanged. Raises ``TypeError`` at once for a
         handler that cannot be called with one event, an annotation that is
         not an Event subclass, or a bad option; ``ValueError`` if the handler
-        is already subscribed to that class, or if another handler already
-        has its name (a dead letter names the handler it will be redriven to).
+        is already subscribed to that class or under another name (a handler
+        has one name), or if another handler already has its name (a dead
+        letter names the handler it will be redriven to). Handlers are told
+        apart by identity (a bound method by its object and function).
         """
         options = {
             "priority": priority,
@@ -185,9 +187,8 @@ class HandlerRegistry:
             taken = {sub.name for sub in self._subscriptions}
             adding = []
             for sub in incoming:
-                if (
-                    sub.name.startswith("?.") and sub.name in taken
-                ):  # numbered here, as at subscribe
+                # A built-in method whose name is taken here is numbered, as at subscribe.
+                if sub.name.startswith("?.") and sub.name in taken:
                     sub = dataclasses.replace(sub, name=self._free_name(sub, taken))
                 taken.add(sub.name)
                 adding.append(sub)
