@@ -72,10 +72,8 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.fixture
-def db(tmp_path: pathlib.Path) -> str:
-    """A store holding two dead letters of tests.cli_app.book_courier (p-1, then p-2)."""
-    path = str(tmp_path / "dlq.db")
+def two_letters(path: str) -> str:
+    """Make ``path`` a store of two dead letters of tests.cli_app.book_courier (p-1, then p-2)."""
     with SQLiteDeadLetterStore(path) as store:
         bus = EventBus(dead_letters=store)
         bus.include(handlers)
@@ -83,6 +81,12 @@ def db(tmp_path: pathlib.Path) -> str:
         bus.publish(ParcelReady(parcel_id="p-2"))
         assert len(store) == 2
     return path
+
+
+@pytest.fixture
+def db(tmp_path: pathlib.Path) -> str:
+    """A store holding two dead letters of tests.cli_app.book_courier (p-1, then p-2)."""
+    return two_letters(str(tmp_path / "dlq.db"))
 
 
 def letters(path: str) -> list[str]:
@@ -445,12 +449,7 @@ def test_a_read_only_store_lists_and_refuses_redrive_and_purge(
     assert cli_module.main(["dead-letters", "list", "--db", db, "--app", APP]) == 0
 
     def scenario(directory: pathlib.Path) -> None:
-        path = str(directory / "dlq.db")
-        with SQLiteDeadLetterStore(path) as store:
-            bus = EventBus(dead_letters=store)
-            bus.include(handlers)
-            bus.publish(ParcelReady(parcel_id="p-1"))
-            bus.publish(ParcelReady(parcel_id="p-2"))
+        path = two_letters(str(directory / "dlq.db"))
         os.chmod(path, 0o444)
         directory.chmod(0o555)
 

@@ -632,13 +632,19 @@ def _read_only_checks(path: pathlib.Path, letters: list[DeadLetter]) -> None:
             assert len(store) == len(letters)
 
 
+def _three_letters(directory: pathlib.Path) -> tuple[pathlib.Path, list[DeadLetter]]:
+    """A store of three letters, as this user makes it, in ``directory``."""
+    path = directory / "dlq.db"
+    letters = [_letter(n) for n in range(3)]
+    with SQLiteDeadLetterStore(path) as store:
+        for letter in letters:
+            store.add(letter)
+    return path, letters
+
+
 def test_a_read_only_file_opens_for_reading_and_refuses_writes() -> None:
     def scenario(directory: pathlib.Path) -> None:
-        path = directory / "dlq.db"
-        letters = [_letter(n) for n in range(3)]
-        with SQLiteDeadLetterStore(path) as store:
-            for letter in letters:
-                store.add(letter)
+        path, letters = _three_letters(directory)
         path.chmod(0o444)
         _read_only_checks(path, letters)
 
@@ -653,11 +659,7 @@ def test_a_read_only_file_opens_for_reading_and_refuses_writes() -> None:
 
 def test_a_store_in_a_read_only_directory_opens_for_reading() -> None:
     def scenario(directory: pathlib.Path) -> None:
-        path = directory / "dlq.db"
-        letters = [_letter(n) for n in range(3)]
-        with SQLiteDeadLetterStore(path) as store:
-            for letter in letters:
-                store.add(letter)
+        path, letters = _three_letters(directory)
         assert sorted(p.name for p in directory.iterdir()) == ["dlq.db"]
         directory.chmod(0o555)  # no room for SQLite's -shm and -wal files
         _read_only_checks(path, letters)

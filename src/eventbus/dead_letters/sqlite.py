@@ -529,30 +529,18 @@ class SQLiteDeadLetterStore:
         return _store_error(message, error)
 
     @contextlib.contextmanager
-    def _connection(self) -> c.Iterator[sqlite3.Connection]:
-        """The connection (the file created if need be), held by this thread for the block."""
+    def _use(self, *, make_file: bool) -> c.Iterator[sqlite3.Connection | None]:
+        """The connection, held by this thread for the block; store errors made clear.
+
+        Without ``make_file``, None (and no file created) while there is no file yet.
+        """
         with self._lock:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"{self!r} is closed")
             try:
                 if self._db is None:  # before the first add, or the first use in a forked child
-                    self._db = self._connect()
-                yield self._db
-            except sqlite3.DatabaseError as error:
-                failure = self._failure(error)
-                if failure is error:
-                    raise
-                raise failure from None
-
-    @contextlib.contextmanager
-    def _reader(self) -> c.Iterator[sqlite3.Connection | None]:
-        """Like ``_connection``, but None, and no file created, while there is no file."""
-        with self._lock:
-            if self._closed:
-                raise sqlite3.ProgrammingError(f"{self!r} is closed")
-            try:
-                if self._db is None:
-                    if self._create and not self._memory and not os.path.exists(self.path):
+                    no_file = self._create and not self._memory and not self.path.exists()
+                    if no_file and not make_file:
                         yield None
                         return
                     self._db = self._connect()
@@ -562,6 +550,17 @@ class SQLiteDeadLetterStore:
                 if failure is error:
                     raise
                 raise failure from None
+
+    @contextlib.contextmanager
+    def _connection(self) -> c.Iterator[sqlite3.Connection]:
+        """The connection (the file created if need be), held by this thread for the block."""
+        with self._use(make_file=True) as db:
+            assert db is not None  # made above
+            yield db
+
+    def _reader(self) -> contextlib.AbstractContextManager[sqlite3.Connection | None]:
+        """Like ``_connection``, but None, and no file created, while there is no file."""
+        return self._use(make_file=False)
 
     def _forked(self) -> None:
         """In a child process, right after fork(): set aside the parent's connection."""
