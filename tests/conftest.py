@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh bus per test, hypothesis settings fit for shared CI machines,
+"""Shared fixtures: hypothesis settings fit for shared CI machines,
 a check that no test leaves global state behind, and hooks for the property tests."""
 
 from __future__ import annotations
@@ -6,27 +6,20 @@ from __future__ import annotations
 import collections.abc as c
 import contextlib
 import dataclasses
-import gc
 import typing as t
-import weakref
 
-import blinker
 import pytest
 from blinker import NamedSignal
 from hypothesis import HealthCheck, settings
 
 from eventbus import EventBus, signals
+from eventbus.testing._state import live_receivers
 
 # Shared 2-core machines: timing-based health checks would make tests flaky, not stricter.
 settings.register_profile(
     "eventbus", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100
 )
 settings.load_profile("eventbus")
-
-
-@pytest.fixture
-def bus() -> EventBus:
-    return EventBus()
 
 
 @pytest.fixture
@@ -43,126 +36,14 @@ def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- no test leaves global state behind ------------------------------------------------
 #
-# One function per kind of global state: called before a test, it takes a snapshot and
-# returns the function to call after the test, which returns what the test left behind
-# (one message per problem) and puts the state back, so that one leak does not make
-# later tests fail too. To check another kind of state (an installed clock, ...), write
-# such a function and add it to GLOBAL_STATE_CHECKS.
-
-AfterTest = c.Callable[[], list[str]]
+# eventbus's own pytest plugin (eventbus.testing.plugin, loaded through its entry point)
+# fails a test that leaves receivers connected to eventbus signals, eventbus.testing
+# blocks open, or clocks replaced on buses that existed before it.
 
 
 def eventbus_signals() -> list[NamedSignal]:
     """Every signal of ``eventbus.signals``."""
     return [getattr(signals, name) for name in signals.__all__]
-
-
-Held = weakref.ref[c.Callable[..., t.Any]] | c.Callable[..., t.Any]  # how blinker holds one
-
-
-def _target(held: Held | None) -> c.Callable[..., t.Any] | None:
-    return held() if isinstance(held, weakref.ref) else held
-
-
-def _live_receivers(signal: NamedSignal) -> dict[c.Hashable, c.Callable[..., t.Any]]:
-    """``signal.receivers``, without the weakly held receivers that are already dead."""
-    live = {}
-    for key, held in list(signal.receivers.items()):
-        receiver = _target(held)
-        if receiver is not None:
-            live[key] = receiver
-    return live
-
-
-def _receivers_left(
-    before: dict[NamedSignal, dict[c.Hashable, Held]],
-) -> dict[NamedSignal, dict[c.Hashable, c.Callable[..., t.Any]]]:
-    left = {}
-    for signal, was in before.items():
-        new = {
-            key: receiver
-            for key, receiver in _live_receivers(signal).items()
-            if _target(was.get(key)) != receiver
-        }
-        if new:
-            left[signal] = new
-    return left
-
-
-def _senders(signal: NamedSignal, key: c.Hashable) -> str:
-    """For whom a receiver is connected, from blinker's private bookkeeping (diagnostics only)."""
-    names = []
-    for sender_id in signal._by_receiver.get(key, ()):
-        if sender_id == blinker.base.ANY_ID:
-            names.append("every sender")
-        else:
-            ref = signal._weak_senders.get(sender_id)
-            sender = ref() if ref is not None else None
-            names.append("?" if sender is None else f"{type(sender).__name__} at {id(sender):#x}")
-    if not names:
-        return (
-            "no sender: disconnected with `disconnect(receiver, sender=...)`, "
-            "or its sender was garbage-collected"
-        )
-    return ", ".join(sorted(names))
-
-
-def _name(receiver: c.Callable[..., t.Any]) -> str:
-    module = getattr(receiver, "__module__", None) or "?"
-    return f"{module}.{getattr(receiver, '__qualname__', repr(receiver))}"
-
-
-def signal_receivers() -> AfterTest:
-    """Every receiver a test connects to a signal of ``eventbus.signals`` is gone at its end.
-
-    A receiver left behind keeps ``signal.receivers`` non-empty, so every later test runs
-    the bus's slow paths (its fast paths are taken only while no hook has a receiver), and
-    it may fire in them. Weakly held receivers that are dead do not count.
-    """
-    # blinker's own references, weak or strong: a snapshot must not keep a receiver alive
-    before = {signal: dict(signal.receivers) for signal in eventbus_signals()}
-    name_of = {getattr(signals, name): name for name in signals.__all__}
-
-    def after() -> list[str]:
-        if not _receivers_left(before):
-            return []
-        gc.collect()  # a receiver that only the garbage collector would free is no leak
-        left = _receivers_left(before)
-        if not left:
-            return []
-        lines = [
-            f"  {signals.__name__}.{name_of[signal]}: {_name(receiver)}, "
-            f"connected for {_senders(signal, key)}"
-            for signal, receivers in left.items()
-            for key, receiver in receivers.items()
-        ]
-        for signal, receivers in left.items():
-            for receiver in receivers.values():
-                signal.disconnect(receiver)
-        return [
-            "the test left receivers connected to eventbus signals:\n"
-            + "\n".join(lines)
-            + "\nDisconnect each one at the end of the test, in a `finally`, with "
-            "`signal.disconnect(receiver)`, without `sender=` "
-            "(`signal.disconnect(receiver, sender=bus)` leaves it in `signal.receivers`); "
-            "or connect it for a block only: `with signal.connected_to(receiver, sender=bus):`. "
-            "(They have been disconnected now, for the next tests.)"
-        ]
-
-    return after
-
-
-GLOBAL_STATE_CHECKS: list[c.Callable[[], AfterTest]] = [signal_receivers]
-
-
-@pytest.fixture(autouse=True)
-def no_global_state_left() -> c.Iterator[None]:
-    """Fail a test that leaves global state changed (see GLOBAL_STATE_CHECKS), then restore it."""
-    checks = [check() for check in GLOBAL_STATE_CHECKS]
-    yield
-    problems = [problem for after in checks for problem in after()]
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
 
 
 # -- hooks, or none, around a property's bus ---------------------------------------------
@@ -201,7 +82,7 @@ class Hooks:
     @contextlib.contextmanager
     def attach(self, bus: EventBus) -> c.Iterator[Heard | None]:
         if self.variant == "no hooks":
-            connected = [signal.name for signal in eventbus_signals() if _live_receivers(signal)]
+            connected = [signal.name for signal in eventbus_signals() if live_receivers(signal)]
             assert not connected, f"'no hooks', but receivers are connected to {connected}"
             yield None
             return

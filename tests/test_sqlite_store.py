@@ -122,6 +122,28 @@ def test_adding_a_known_id_replaces_the_letter_in_its_place(any_store: DeadLette
     assert stored.failed_at == T0 + timedelta(hours=1)
 
 
+def test_clear_forgets_every_letter_and_the_store_goes_on(any_store: DeadLetterStore) -> None:
+    for n in range(3):
+        any_store.add(_letter(n))
+    assert isinstance(any_store, InMemoryDeadLetterStore | SQLiteDeadLetterStore)
+    clear = any_store.clear  # not part of the protocol: both stores have it
+    clear()
+    assert len(any_store) == 0
+    assert list(any_store) == []
+    clear()  # an empty store stays empty
+    later = _letter(9)
+    any_store.add(later)
+    assert list(any_store) == [later]
+
+
+def test_clear_on_a_store_whose_file_is_not_made_makes_none(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "never.db"
+    with SQLiteDeadLetterStore(path) as store:
+        store.clear()
+        assert len(store) == 0
+    assert not path.exists()
+
+
 def test_remove_and_get_raise_key_error_when_absent(any_store: DeadLetterStore) -> None:
     kept, gone = _letter(1), _letter(2)
     any_store.add(kept)

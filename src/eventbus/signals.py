@@ -91,6 +91,11 @@ def watch(listener: Listener, /) -> None:
     _listeners[make_id(listener)] = listener
 
 
+def watched() -> list[Listener]:
+    """The listeners alive that ``watch`` was called for (every bus not yet collected)."""
+    return list(_listeners.values())
+
+
 def _changed(sender_id: c.Hashable | None) -> None:
     _held.clear()
     if sender_id is None:

@@ -603,6 +603,13 @@ class SQLiteDeadLetterStore:
                         raise KeyError(letter.id)
                     db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
 
+    def clear(self) -> None:
+        """Forget every letter, in one transaction (a store whose file is not made stays so)."""
+        with self._reader() as db:
+            if db is not None:
+                with _write(db):
+                    db.execute("DELETE FROM dead_letters")
+
     def get(self, letter_id: uuid.UUID, /) -> DeadLetter:
         """The letter with this ``id``; ``KeyError`` if absent."""
         with self._reader() as db:

@@ -328,6 +328,25 @@ class HandlerRegistry:
                             "twice?)"
                         )
 
+    def _exchange(
+        self, removing: c.Collection[Subscription], adding: c.Iterable[Subscription]
+    ) -> None:
+        """Take out ``removing`` and put in ``adding``, keeping registration order.
+
+        Subscriptions are taken out by identity (those no longer here are
+        skipped) and put in at the place their ``sequence`` gives them, so a
+        subscription taken out and put back runs where it ran before. The
+        seam of the testing helpers (``eventbus.testing.override``,
+        ``isolate``); no check is made on what is put in.
+        """
+        with self._lock:
+            gone = {id(sub) for sub in removing}
+            kept = [sub for sub in self._subscriptions if id(sub) not in gone]
+            kept.extend(adding)
+            kept.sort(key=lambda sub: sub.sequence)
+            self._subscriptions = kept
+            self._invalidate()
+
     def _invalidate(self) -> None:
         """The subscriptions changed: forget every cached order (the lock is held)."""
         self._plans = {}
