@@ -15,6 +15,19 @@ def test_every_public_name_has_a_heading_in_the_reference() -> None:
     assert missing == [], f"document these in docs/reference.md: {missing}"
 
 
+def test_every_testing_helper_has_a_heading_in_the_reference() -> None:
+    import eventbus.testing
+
+    reference = (DOCS / "reference.md").read_text()
+    section = reference.partition("## `eventbus.testing`")[2]
+    missing = [name for name in eventbus.testing.__all__ if f"### `{name}`" not in section]
+    assert missing == [], f"document these under eventbus.testing in docs/reference.md: {missing}"
+    fixtures = section.partition("### Fixtures")[2]
+    import eventbus.testing.plugin as plugin
+
+    assert all(f"`{name}`" in fixtures for name in plugin.__all__)
+
+
 def test_the_version_is_the_installed_distributions() -> None:
     import importlib.metadata
 
