@@ -35,7 +35,7 @@ from examples.cart.users.events import LoginFailed, UserLoggedIn, UserRegistered
 from examples.cart.users.service import ScryptCost, Users
 
 from eventbus import DeadLetter, Event, EventBus, signals
-from eventbus.tracing import Trace, TracedEvent
+from eventbus.testing import Published, capture, override
 
 pytestmark = pytest.mark.usefixtures("cheap_passwords")
 
@@ -48,24 +48,9 @@ def shop() -> c.Iterator[Shop]:
         yield shop
 
 
-class Recorder:
-    """Every event a bus dispatches, in order (the event as delivered)."""
-
-    def __init__(self, bus: EventBus) -> None:
-        self.events: list[Event] = []
-        bus.subscribe(Event, priority=100)(self.events.append)
-
-    def of(self, kind: type[Event]) -> list[Event]:
-        return [event for event in self.events if isinstance(event, kind)]
-
-    def types(self) -> list[str]:
-        return [type(event).__name__ for event in self.events]
-
-
-def walk(events: c.Iterable[TracedEvent]) -> c.Iterator[TracedEvent]:
-    for traced in events:
-        yield traced
-        yield from walk(traced.children)
+def names(published: c.Iterable[object]) -> list[str]:
+    """The class names of the events published, in order."""
+    return [type(event).__name__ for event in published]
 
 
 # -- users ------------------------------------------------------------------------------------
@@ -109,27 +94,26 @@ def test_passwords_are_salted_scrypt_hashes() -> None:
 
 
 def test_a_wrong_password_or_an_unknown_email_publishes_login_failed(shop: Shop) -> None:
-    recorder = Recorder(shop.bus)
     shop.users.register("ada@example.com", PASSWORD)
-    assert shop.users.log_in("ada@example.com", "not the password") is None
-    assert shop.users.log_in("nobody@example.com", PASSWORD) is None
-    assert [(e.email, e.reason) for e in recorder.of(LoginFailed)] == [  # type: ignore[attr-defined]
+    with capture(shop.bus) as published:
+        assert shop.users.log_in("ada@example.com", "not the password") is None
+        assert shop.users.log_in("nobody@example.com", PASSWORD) is None
+    assert [(e.email, e.reason) for e in published.of(LoginFailed)] == [
         ("ada@example.com", "wrong password"),
         ("nobody@example.com", "unknown email"),
     ]
-    assert recorder.of(UserLoggedIn) == []
+    published.assert_none(UserLoggedIn)
     # The owner of a known address is warned; nobody writes to an unknown one.
     assert [e.to for e in shop.notifications.outbox] == ["ada@example.com", "ada@example.com"]
 
 
 def test_log_in_returns_a_token_that_the_events_carry_only_as_a_digest(shop: Shop) -> None:
-    recorder = Recorder(shop.bus)
     shop.users.register("ada@example.com", PASSWORD)
-    token = shop.users.log_in("ADA@example.com", PASSWORD)
+    with capture(shop.bus) as published:
+        token = shop.users.log_in("ADA@example.com", PASSWORD)
     assert token is not None
     assert len(token) >= 32
-    [logged_in] = recorder.of(UserLoggedIn)
-    assert isinstance(logged_in, UserLoggedIn)
+    logged_in = published.one(UserLoggedIn)
     assert logged_in.session_digest == hashlib.sha256(token.encode()).hexdigest()
     assert token not in logged_in.model_dump_json()
     assert shop.users.log_in("ada@example.com", PASSWORD) != token  # a new session each time
@@ -149,18 +133,18 @@ def test_no_password_or_token_in_any_event_log_record_or_dead_letter(
     with (
         Shop(mode=mode, clock=NoWait()) as shop,
         signals.event_dead_lettered.connected_to(keep, sender=shop.bus),
+        capture(shop.bus) as published,
     ):
-        recorder = Recorder(shop.bus)
         for scenario in SCENARIOS.values():  # every path, dead letters included
             scenario.play(shop)
         tokens.append(shopper(shop, "zoe@example.com"))
         shop.users.log_in("zoe@example.com", PASSWORD + "!")
 
     assert len(letters) == 3
-    assert len(recorder.events) > 50
+    assert len(published) > 50
     assert caplog.records
     secrets = [PASSWORD, *tokens]
-    everything = [event.model_dump_json() for event in recorder.events]
+    everything = [event.model_dump_json() for event in published]
     everything += [record.getMessage() for record in caplog.records]
     everything += [caplog.text]
     everything += [
@@ -215,14 +199,14 @@ def test_cart_add_change_remove(shop: Shop) -> None:
 
 
 def test_checkout_prices_the_lines_and_empties_the_cart(shop: Shop) -> None:
-    recorder = Recorder(shop.bus)
     token = shopper(shop, "ada@example.com")
     with pytest.raises(ValueError, match="the cart is empty"):
         shop.carts.checkout(token)
     shop.carts.add(token, "BOOK")
     shop.carts.add(token, "MUG", 2)
-    assert shop.carts.checkout(token) == "order-1"
-    [checkout] = recorder.of(CheckoutRequested)
+    with capture(shop.bus) as published:
+        assert shop.carts.checkout(token) == "order-1"
+    checkout = published.one(CheckoutRequested)
     assert checkout == CheckoutRequested(
         order_id="order-1",
         user_id="u-1",
@@ -240,55 +224,49 @@ def test_checkout_prices_the_lines_and_empties_the_cart(shop: Shop) -> None:
 # -- idempotency: the same event delivered twice --------------------------------------------
 
 
-def test_catalog_reserves_and_releases_once_per_order() -> None:
-    bus = EventBus()
+def test_catalog_reserves_and_releases_once_per_order(bus: EventBus, published: Published) -> None:
     catalog = Catalog(bus.publish)
     catalog.add_product("MUG", "Event mug", price_cents=1200, stock=10)
     bus.subscribe(catalog.on_reserve_stock)
     bus.subscribe(catalog.on_release_stock)
-    recorder = Recorder(bus)
 
     reserve = ReserveStock(order_id="o-1", lines=(StockLine(sku="MUG", quantity=3),))
     bus.publish(reserve)
     bus.publish(reserve)
     assert catalog.products["MUG"].stock == 7
-    assert len(recorder.of(StockReserved)) == 2  # announced again, not reserved again
+    assert len(published.of(StockReserved)) == 2  # announced again, not reserved again
 
     release = ReleaseStock(order_id="o-1")
     bus.publish(release)
     bus.publish(release)
     assert catalog.products["MUG"].stock == 10
-    assert len(recorder.of(StockReleased)) == 2
+    assert len(published.of(StockReleased)) == 2
     bus.publish(reserve)  # a late duplicate after the release takes nothing
     assert catalog.products["MUG"].stock == 10
 
 
-def test_catalog_reserves_all_lines_or_none() -> None:
-    bus = EventBus()
+def test_catalog_reserves_all_lines_or_none(bus: EventBus, published: Published) -> None:
     catalog = Catalog(bus.publish)
     catalog.add_product("MUG", "Event mug", price_cents=1200, stock=10)
     catalog.add_product("LAMP", "Desk lamp", price_cents=3900, stock=1)
     bus.subscribe(catalog.on_reserve_stock)
-    recorder = Recorder(bus)
     lines = (
         StockLine(sku="MUG", quantity=1),
         StockLine(sku="LAMP", quantity=1),
         StockLine(sku="LAMP", quantity=1),
     )  # two lines of one product add up
-    bus.publish(ReserveStock(order_id="o-1", lines=lines))
-    assert recorder.types() == ["ReserveStock", "OutOfStock"]
+    reserve = bus.publish(ReserveStock(order_id="o-1", lines=lines)).event
+    assert names(published.children(reserve)) == ["OutOfStock"]
     assert {sku: p.stock for sku, p in catalog.products.items()} == {"MUG": 10, "LAMP": 1}
 
 
 @pytest.mark.parametrize("mode", ["accept", "decline"])
-def test_payments_charge_once_per_order(mode: str) -> None:
-    bus = EventBus()
+def test_payments_charge_once_per_order(mode: str, bus: EventBus, published: Published) -> None:
     gateway = FakeGateway()
     if mode == "decline":
         gateway.decline()
     payments = Payments(bus.publish, gateway)
     bus.subscribe(payments.on_charge_payment)
-    recorder = Recorder(bus)
 
     charge = ChargePayment(order_id="o-1", user_id="u-1", amount_cents=900)
     bus.publish(charge)
@@ -296,26 +274,24 @@ def test_payments_charge_once_per_order(mode: str) -> None:
     assert gateway.calls == 1
     if mode == "accept":
         assert list(gateway.charges) == ["o-1"]
-        first, second = recorder.of(PaymentSucceeded)
-        assert first.payment_id == second.payment_id == "pay-1"  # type: ignore[attr-defined]
+        first, second = published.of(PaymentSucceeded)
+        assert first.payment_id == second.payment_id == "pay-1"
     else:
         assert gateway.charges == {}
-        assert len(recorder.of(PaymentDeclined)) == 2
+        assert len(published.of(PaymentDeclined)) == 2
 
 
-def test_payments_refund_once() -> None:
-    bus = EventBus()
+def test_payments_refund_once(bus: EventBus, published: Published) -> None:
     payments = Payments(bus.publish, FakeGateway())
     bus.subscribe(payments.on_charge_payment)
     bus.subscribe(payments.on_refund_payment)
-    recorder = Recorder(bus)
     bus.publish(ChargePayment(order_id="o-1", user_id="u-1", amount_cents=900))
     refund = RefundPayment(order_id="o-1", user_id="u-1", payment_id="pay-1", amount_cents=900)
     bus.publish(refund)
     bus.publish(refund)
     assert payments.gateway.calls == 2  # one charge, one refund
     assert payments.payments["o-1"].status == "refunded"
-    assert len(recorder.of(PaymentRefunded)) == 2
+    assert len(published.of(PaymentRefunded)) == 2
     bus.publish(ChargePayment(order_id="o-1", user_id="u-1", amount_cents=900))
     assert payments.gateway.calls == 2  # a refunded order is not charged again
 
@@ -330,9 +306,9 @@ def test_the_gateway_charges_a_reference_once() -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_every_event_of_the_happy_path_delivered_again_changes_nothing(mode: Mode) -> None:
     with Shop(mode=mode, clock=NoWait()) as shop:
-        with Trace(shop.bus) as trace:
+        with capture(shop.bus) as published:
             SCENARIOS["happy-path"].play(shop)
-        delivered = [traced.event for traced in walk(trace.roots)]
+        delivered = list(published)
         before = snapshot(shop)
         for event in delivered:
             shop.publish(event)
@@ -355,22 +331,21 @@ def snapshot(shop: Shop) -> object:
 
 
 def test_the_saga_ignores_events_that_do_not_fit_the_order(shop: Shop) -> None:
-    recorder = Recorder(shop.bus)
     SCENARIOS["happy-path"].play(shop)
-    count = len(recorder.events)
-    shop.publish(StockReserved(order_id="order-1"))  # a fresh duplicate (a new event id)
-    shop.publish(PaymentSucceeded(order_id="order-1", payment_id="pay-1", amount_cents=6900))
-    shop.publish(PaymentDeclined(order_id="order-1", reason="too late"))
-    shop.publish(StockReleased(order_id="order-1"))
-    shop.publish(PaymentSucceeded(order_id="order-404", payment_id="pay-9", amount_cents=1))
-    assert len(recorder.events) == count + 5  # each was delivered, none caused anything
+    with capture(shop.bus) as published:
+        shop.publish(StockReserved(order_id="order-1"))  # a fresh duplicate (a new event id)
+        shop.publish(PaymentSucceeded(order_id="order-1", payment_id="pay-1", amount_cents=6900))
+        shop.publish(PaymentDeclined(order_id="order-1", reason="too late"))
+        shop.publish(StockReleased(order_id="order-1"))
+        shop.publish(PaymentSucceeded(order_id="order-404", payment_id="pay-9", amount_cents=1))
+    assert len(published) == 5  # each was published, none caused anything
     assert shop.checkout.orders["order-1"].status == Status.CONFIRMED
 
 
 # -- the saga's compensation ----------------------------------------------------------------
 
 
-def saga_alone() -> tuple[EventBus, CheckoutSaga, Recorder]:
+def saga_alone() -> tuple[EventBus, CheckoutSaga]:
     """The saga on a bus of its own: nobody answers its requests but the test."""
     bus = EventBus()
     saga = CheckoutSaga(bus.publish)
@@ -386,11 +361,11 @@ def saga_alone() -> tuple[EventBus, CheckoutSaga, Recorder]:
         saga.on_stock_released,
     ):
         bus.subscribe(handler)
-    return bus, saga, Recorder(bus)
+    return bus, saga
 
 
 def test_compensation_undoes_the_completed_steps_in_reverse_one_at_a_time() -> None:
-    bus, saga, recorder = saga_alone()
+    bus, saga = saga_alone()
     line = OrderLine(sku="MUG", quantity=1, unit_price_cents=900)
     saga.orders["o-1"] = order = Order(
         order_id="o-1",
@@ -403,29 +378,30 @@ def test_compensation_undoes_the_completed_steps_in_reverse_one_at_a_time() -> N
         payment_id="pay-7",
     )
 
-    bus.publish(CheckoutAbandoned(order_id="o-1", reason="test"))
-    assert recorder.types()[-1] == "RefundPayment"  # the last step done is undone first
-    assert (order.status, order.undoing) == (Status.COMPENSATING, "refund")
-    bus.publish(CheckoutAbandoned(order_id="o-1", reason="again"))  # nothing new meanwhile
-    bus.publish(StockReleased(order_id="o-1"))  # not what it waits for
-    assert recorder.types()[-1] == "StockReleased"
+    with capture(bus) as published:
+        abandoned = bus.publish(CheckoutAbandoned(order_id="o-1", reason="test")).event
+        # The last step done is undone first.
+        published.assert_caused(abandoned, RefundPayment, directly=True, payment_id="pay-7")
+        assert (order.status, order.undoing) == (Status.COMPENSATING, "refund")
+        bus.publish(CheckoutAbandoned(order_id="o-1", reason="again"))  # nothing new meanwhile
+        bus.publish(StockReleased(order_id="o-1"))  # not what it waits for
+        assert names(published)[-1] == "StockReleased"
 
-    bus.publish(
-        PaymentRefunded(order_id="o-1", user_id="u-1", payment_id="pay-7", amount_cents=900)
-    )
-    assert recorder.types()[-1] == "ReleaseStock"
-    assert (order.charged, order.refunded, order.undoing) == (False, True, "release")
+        refunded = bus.publish(
+            PaymentRefunded(order_id="o-1", user_id="u-1", payment_id="pay-7", amount_cents=900)
+        ).event
+        assert published.children(refunded) == [published.one(ReleaseStock)]
+        assert (order.charged, order.refunded, order.undoing) == (False, True, "release")
 
-    bus.publish(StockReleased(order_id="o-1"))
-    bus.publish(StockReleased(order_id="o-1"))
+        bus.publish(StockReleased(order_id="o-1"))
+        bus.publish(StockReleased(order_id="o-1"))
     requests = [
         name
-        for name in recorder.types()
+        for name in names(published)
         if name in {"RefundPayment", "ReleaseStock", "OrderCancelled", "ChargePayment"}
     ]
     assert requests == ["RefundPayment", "ReleaseStock", "OrderCancelled"]
-    [cancelled] = recorder.of(OrderCancelled)
-    assert cancelled.reason == "abandoned (test)"  # type: ignore[attr-defined]
+    published.one(OrderCancelled, reason="abandoned (test)")
     assert (order.status, order.reserved, order.charged) == (Status.CANCELLED, False, False)
 
 
@@ -443,20 +419,19 @@ def test_a_confirmation_that_fails_after_the_charge_is_compensated_with_a_refund
             order.charged, order.payment_id = True, event.payment_id  # the charge is recorded
             raise RuntimeError("order database unavailable")
 
-        shop.bus.unsubscribe(confirm)
-        shop.bus.subscribe(confirm_fails)
-        recorder = Recorder(shop.bus)
         token = shopper(shop, "ada@example.com")
         shop.carts.add(token, "BOOK")
-        order_id = shop.carts.checkout(token)
+        with override(shop.bus, confirm, confirm_fails):
+            order_id = shop.carts.checkout(token)
         [letter] = shop.bus.dead_letters
+        assert letter.handler == "examples.cart.checkout.service.CheckoutSaga.on_payment_succeeded"
         assert letter.error_message == "order database unavailable"
         order = shop.checkout.orders[order_id]
         assert (order.status, order.reserved, order.charged) == (Status.CHARGING, True, True)
 
-        before = len(recorder.events)
-        shop.checkout.abandon(order_id, "confirmation failed")
-        after = [name for name in recorder.types()[before:] if name != "EmailSent"]
+        with capture(shop.bus) as published:
+            shop.checkout.abandon(order_id, "confirmation failed")
+        after = [name for name in names(published) if name != "EmailSent"]
         assert after == [
             "CheckoutAbandoned",
             "RefundPayment",  # the charge was the last step done: undone first
@@ -469,7 +444,7 @@ def test_a_confirmation_that_fails_after_the_charge_is_compensated_with_a_refund
         assert order.refunded
         assert shop.payments.payments[order_id].status == "refunded"
         assert shop.catalog.products["BOOK"].stock == 5
-        assert not recorder.of(OrderConfirmed)
+        published.assert_none(OrderConfirmed)
 
 
 def test_abandon_refuses_what_cannot_be_abandoned(shop: Shop) -> None:
