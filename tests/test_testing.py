@@ -20,6 +20,7 @@ from eventbus import (
     Event,
     EventBus,
     InMemoryDeadLetterStore,
+    PublishResult,
     RetryPolicy,
     SQLiteDeadLetterStore,
     signals,
@@ -669,3 +670,52 @@ def test_a_clock_set_by_hand_on_an_existing_bus_is_reported_and_put_back() -> No
     assert "<FakeClock" in problem
     assert "was <SystemClock>" in problem
     assert app_bus.clock is own
+
+
+# -- a bus whose transport takes the events (as a broker's does) ----------------------------
+
+
+class QueueTransport:
+    """Takes every event into a list, as a broker's transport takes them into a stream."""
+
+    def __init__(self) -> None:
+        self.queue: list[Event] = []
+        self.publish: t.Any = None
+
+    def bind(self, bus: EventBus, plan: t.Any, /) -> tuple[t.Any, t.Any]:
+        def publish(event: Event) -> PublishResult:
+            self.queue.append(event)
+            return PublishResult(event)
+
+        async def publish_async(event: Event) -> PublishResult:
+            return publish(event)
+
+        self.publish = publish
+        return publish, publish_async
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+def test_capture_sees_what_a_transport_accepted(use_async: bool) -> None:
+    transport = QueueTransport()
+    bus = EventBus(transport=transport)
+    with capture(bus) as published:
+        placed = OrderPlaced(order_id="o1")
+        if use_async:
+            asyncio.run(bus.publish_async(placed))
+        else:
+            bus.publish(placed)
+    assert published.one(OrderPlaced) is placed
+    assert published.publisher_of(placed) is None
+    assert transport.queue == [placed]
+
+
+def test_a_transport_bus_pays_for_the_announcement_only_while_someone_listens() -> None:
+    transport = QueueTransport()
+    bus = EventBus(transport=transport)
+    bus.publish(OrderPlaced(order_id="o1"))
+    assert bus._compiled[OrderPlaced].publish is transport.publish
+    with capture(bus):
+        bus.publish(OrderPlaced(order_id="o2"))
+        assert bus._compiled[OrderPlaced].publish is not transport.publish
+    bus.publish(OrderPlaced(order_id="o3"))
+    assert bus._compiled[OrderPlaced].publish is transport.publish

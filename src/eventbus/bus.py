@@ -27,7 +27,7 @@ from .plans import Plan, compile_plan, refuse_awaitable
 from .redrive import RedriveOutcome
 from .results import PublishResult
 from .retry import RetryPolicy
-from .transport import Transport
+from .transport import Transport, announcing
 
 if t.TYPE_CHECKING:
     import uuid
@@ -361,7 +361,9 @@ class EventBus(HandlerRegistry):
                 )
                 bound = self._transport.bind(self, plan)
                 if bound is not None:
-                    plan.publish, plan.publish_async = bound
+                    plan.publish, plan.publish_async = (
+                        announcing(self, *bound) if plan.announce else bound
+                    )
                 compiled[event_class] = plan
             return plan
 

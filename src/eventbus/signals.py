@@ -122,6 +122,8 @@ event_published: NamedSignal = HookSignal(
 
     Sent before its handlers run; for an event published from a handler,
     when it is queued, with its ``causation_id`` and ``correlation_id`` set.
+    On a bus whose transport takes the event (a broker), once the transport
+    accepted it.
     While it has receivers, the bus takes a slightly slower path that keeps
     track of the running handler.
     """,

@@ -6,6 +6,10 @@ process, to their handlers and with the events those publish, as one
 cascade (the default, :class:`LocalTransport`), or call the functions the
 transport returns instead: a broker's appends the event to a stream, an
 outbox's writes it to a table. Handlers do not change.
+
+Whatever the transport, the bus sends ``event_published`` for each event
+the transport accepted (its publish function returned), so what listens
+to it (``eventbus.testing.capture``, a trace) sees the events of every bus.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ if t.TYPE_CHECKING:
     from .plans import Plan
     from .results import PublishResult
 
-__all__ = ["Publish", "PublishAsync", "Transport"]
+__all__ = ["Publish", "PublishAsync", "Transport", "announcing"]
 
 #: What ``bus.publish(event)`` calls for one event class.
 Publish: t.TypeAlias = c.Callable[["Event"], "PublishResult"]
@@ -41,3 +45,28 @@ class Transport(t.Protocol):
     def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync] | None:
         """The (sync, async) publish functions of ``plan``'s event class, or None: local."""
         ...
+
+
+def announcing(
+    bus: EventBus, publish: Publish, publish_async: PublishAsync
+) -> tuple[Publish, PublishAsync]:
+    """``publish`` and ``publish_async``, each sending ``event_published`` once it returned.
+
+    What the bus binds instead of a transport's own functions while someone
+    listens to ``event_published`` for it; ``publisher=`` is the handler
+    publishing, if one of this bus's handlers is (as for a local cascade).
+    """
+    from . import signals
+    from .context import publisher
+
+    def announced(event: Event) -> PublishResult:
+        result = publish(event)
+        signals.send(signals.event_published, bus, event=result.event, publisher=publisher.get())
+        return result
+
+    async def announced_async(event: Event) -> PublishResult:
+        result = await publish_async(event)
+        signals.send(signals.event_published, bus, event=result.event, publisher=publisher.get())
+        return result
+
+    return announced, announced_async
