@@ -719,3 +719,25 @@ def test_a_transport_bus_pays_for_the_announcement_only_while_someone_listens() 
         assert bus._compiled[OrderPlaced].publish is not transport.publish
     bus.publish(OrderPlaced(order_id="o3"))
     assert bus._compiled[OrderPlaced].publish is transport.publish
+
+
+def test_the_helpers_types_follow_the_classes_asked_for() -> None:
+    """Checked by mypy --strict (``make test``) as much as by running it."""
+    bus = EventBus()
+    shop(bus)
+    with capture(bus) as published, use_clock(bus) as clock, use_clock(bus, FakeClock()) as again:
+        placed = bus.publish(OrderPlaced(order_id="o1")).event
+    t.assert_type(published, Published)
+    t.assert_type(clock, FakeClock)
+    t.assert_type(again, FakeClock)
+    t.assert_type(published.of(PaymentTaken), list[PaymentTaken])
+    t.assert_type(published.find(PaymentTaken), PaymentTaken)
+    t.assert_type(published.one(ReceiptMailed), ReceiptMailed)
+    t.assert_type(published.assert_caused(placed, ReceiptMailed), ReceiptMailed)
+    mailed = published.one(ReceiptMailed)
+    t.assert_type(published.assert_caused(placed, mailed), ReceiptMailed)
+    t.assert_type(published.cause_of(mailed), Event | None)
+    fake = Mock()
+    with override(bus, "shop.mail", fake) as same:
+        t.assert_type(same, Mock)
+    assert published.find(PaymentTaken).amount == 100
