@@ -76,19 +76,24 @@ def shop(bus: EventBus) -> dict[str, list[str]]:
     return ran
 
 
+BOTH_PATHS = pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+
+
+def publish(bus: EventBus, event: Event, use_async: bool) -> PublishResult:
+    """``bus.publish(event)``, or ``publish_async`` on a loop of its own."""
+    return asyncio.run(bus.publish_async(event)) if use_async else bus.publish(event)
+
+
 # -- capture -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+@BOTH_PATHS
 def test_capture_records_a_cascade_in_publish_order(use_async: bool) -> None:
     bus = EventBus()
     shop(bus)
     with capture(bus) as published:
         placed = OrderPlaced(order_id="o1")
-        if use_async:
-            asyncio.run(bus.publish_async(placed))
-        else:
-            bus.publish(placed)
+        publish(bus, placed, use_async)
         bus.publish(Unrelated())
     assert [type(e) for e in published] == [OrderPlaced, PaymentTaken, ReceiptMailed, Unrelated]
     assert published[0] is placed
@@ -344,7 +349,7 @@ def test_an_overridden_handlers_dead_letter_names_the_handler() -> None:
     )
 
 
-@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+@BOTH_PATHS
 def test_an_async_fake_replaces_a_sync_handler_and_back(use_async: bool) -> None:
     bus = EventBus()
     seen: list[str] = []
@@ -359,10 +364,7 @@ def test_an_async_fake_replaces_a_sync_handler_and_back(use_async: bool) -> None
 
     fake = AsyncMock(side_effect=lambda event: seen.append("fake"))
     with override(bus, first, fake):
-        if use_async:
-            asyncio.run(bus.publish_async(OrderPlaced(order_id="o1")))
-        else:
-            bus.publish(OrderPlaced(order_id="o1"))
+        publish(bus, OrderPlaced(order_id="o1"), use_async)
     fake.assert_awaited_once()
     assert seen == ["fake", "second"]  # in the handler's place: its priority kept
     seen.clear()
@@ -431,17 +433,14 @@ def test_override_replaces_every_subscription_of_a_handler() -> None:
     assert seen == ["fake", "fake"]
 
 
-@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+@BOTH_PATHS
 def test_isolate_runs_only_the_handlers_chosen(use_async: bool) -> None:
     bus = EventBus()
     ran = shop(bus)
     extra: list[str] = []
     bus.subscribe(OrderPlaced, name="audit.log")(lambda event: extra.append("audit"))
     with isolate(bus, "shop.*") as kept, capture(bus) as published:
-        if use_async:
-            asyncio.run(bus.publish_async(OrderPlaced(order_id="o1")))
-        else:
-            bus.publish(OrderPlaced(order_id="o1"))
+        publish(bus, OrderPlaced(order_id="o1"), use_async)
     assert [sub.name for sub in kept] == ["shop.pay", "shop.mail"]
     assert extra == []
     assert ran == {"pay": ["o1"], "mail": ["o1"]}
@@ -492,14 +491,11 @@ def flaky_bus(clock: FakeClock | None = None) -> tuple[EventBus, list[int]]:
     return bus, tries
 
 
-@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+@BOTH_PATHS
 def test_a_fake_clock_makes_waits_instant_and_moves_time_by_them(use_async: bool) -> None:
     bus, tries = flaky_bus()
     with use_clock(bus, FakeClock(START)) as clock:
-        if use_async:
-            result = asyncio.run(bus.publish_async(OrderPlaced(order_id="o1")))
-        else:
-            result = bus.publish(OrderPlaced(order_id="o1"))
+        result = publish(bus, OrderPlaced(order_id="o1"), use_async)
     assert len(tries) == 3
     assert clock.sleeps == [10.0, 20.0]
     assert clock.now() == START + timedelta(seconds=30)
@@ -694,16 +690,13 @@ class QueueTransport:
         return publish, publish_async
 
 
-@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+@BOTH_PATHS
 def test_capture_sees_what_a_transport_accepted(use_async: bool) -> None:
     transport = QueueTransport()
     bus = EventBus(transport=transport)
     with capture(bus) as published:
         placed = OrderPlaced(order_id="o1")
-        if use_async:
-            asyncio.run(bus.publish_async(placed))
-        else:
-            bus.publish(placed)
+        publish(bus, placed, use_async)
     assert published.one(OrderPlaced) is placed
     assert published.publisher_of(placed) is None
     assert transport.queue == [placed]
