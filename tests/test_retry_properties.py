@@ -279,9 +279,7 @@ def test_bus_waits_are_the_policy_schedule_for_its_seed(
     async def async_sleep(delay: float) -> None:
         waits.append(delay)
 
-    bus = EventBus(
-        clock=TestClock(sleep=sleep, sleep_async=async_sleep, rng=random.Random(seed))
-    )
+    bus = EventBus(clock=TestClock(sleep=sleep, sleep_async=async_sleep, rng=random.Random(seed)))
     calls: list[int] = []
 
     @bus.subscribe(retry=policy)

@@ -629,6 +629,8 @@ def _read_only_checks(path: pathlib.Path, letters: list[DeadLetter]) -> None:
             assert isinstance(raised.value, sqlite3.DatabaseError)
             with pytest.raises(DeadLetterStoreError, match="read-only"):
                 store.remove(letters[0])
+            with pytest.raises(DeadLetterStoreError, match="read-only"):
+                store.clear()
             assert len(store) == len(letters)
 
 
@@ -653,6 +655,19 @@ def test_a_read_only_file_opens_for_reading_and_refuses_writes() -> None:
         old.chmod(0o444)
         with SQLiteDeadLetterStore(old, create=False) as store:
             assert list(store) == letters
+
+    unprivileged(scenario)
+
+
+def test_clearing_an_empty_read_only_store_is_no_error() -> None:
+    def scenario(directory: pathlib.Path) -> None:
+        path, _ = _three_letters(directory)
+        with SQLiteDeadLetterStore(path) as store:
+            store.clear()
+        path.chmod(0o444)
+        with SQLiteDeadLetterStore(path) as store:
+            store.clear()  # nothing to forget: nothing to write
+            assert len(store) == 0
 
     unprivileged(scenario)
 

@@ -734,3 +734,108 @@ def test_the_helpers_types_follow_the_classes_asked_for() -> None:
     with override(bus, "shop.mail", fake) as same:
         t.assert_type(same, Mock)
     assert published.find(PaymentTaken).amount == 100
+
+
+# -- what a test may do inside the blocks, and odd fakes --------------------------------------
+
+
+def test_override_ends_right_when_the_test_unsubscribed_part_of_the_fake() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+
+    def either(event: OrderPlaced | Unrelated) -> None:
+        seen.append("real")
+
+    bus.subscribe(either, name="either")
+    with override(bus, either, lambda event: seen.append("fake")):
+        bus.unsubscribe("either", Unrelated)  # the fake's subscription is a new object now
+        bus.publish(Unrelated())
+        bus.publish(OrderPlaced(order_id="o1"))
+    assert seen == ["fake"]
+    [sub] = bus.subscriptions
+    assert (sub.handler, sub.name) == (either, "either")
+    bus.publish(Unrelated())
+    bus.publish(OrderPlaced(order_id="o2"))
+    assert seen == ["fake", "real", "real"]
+
+
+def test_a_handler_subscribed_again_inside_isolate_is_not_doubled() -> None:
+    bus = EventBus()
+    ran = shop(bus)
+    [mail] = [sub.handler for sub in bus.subscriptions if sub.name == "shop.mail"]
+    with isolate(bus, "shop.pay"):
+        bus.subscribe(mail, name="shop.mail")  # left out, and subscribed again by the test
+    assert [sub.name for sub in bus.subscriptions] == ["shop.pay", "shop.mail"]
+    bus.publish(PaymentTaken(order_id="o1", amount=1))
+    assert ran["mail"] == ["o1"]
+
+
+def test_blocks_ended_out_of_order_leave_the_original_handler() -> None:
+    bus = EventBus()
+    ran = shop(bus)
+    first, second = override(bus, "shop.pay", Mock()), None
+    first.__enter__()
+    second = override(bus, "shop.pay", Mock())
+    second.__enter__()
+    first.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    assert [sub.name for sub in bus.subscriptions] == ["shop.pay", "shop.mail"]
+    bus.publish(OrderPlaced(order_id="o1"))
+    assert ran["pay"] == ["o1"]
+
+
+def test_a_mock_specced_on_the_handler_is_a_fake() -> None:
+    bus = EventBus()
+    shop(bus)
+    [pay] = [sub.handler for sub in bus.subscriptions if sub.name == "shop.pay"]
+    with override(bus, pay, Mock(spec=pay)) as fake:
+        bus.publish(OrderPlaced(order_id="o1"))
+    fake.assert_called_once()
+
+
+def test_a_fake_that_cannot_take_the_place_is_named_in_the_error() -> None:
+    bus = EventBus()
+    shop(bus)
+
+    def two(event: OrderPlaced, extra: int) -> None:
+        pass
+
+    with pytest.raises(
+        TypeError, match=r"^cannot override shop\.pay with <function .*two.*requires 'extra'"
+    ):
+        override(bus, "shop.pay", two)
+
+
+def test_a_change_is_undone_once_whoever_ends_it() -> None:
+    undone: list[int] = []
+    change = _state.Change("test", None, lambda: undone.append(1))
+    _state.add(change)
+    threads = [threading.Thread(target=change.undo) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert undone == [1]
+    assert change not in _state.active
+
+
+def test_publisher_of_an_event_not_captured_says_so() -> None:
+    with pytest.raises(LookupError, match=r"OrderPlaced\(order_id='x'\) \(event_id=.*\) was not "):
+        Published().publisher_of(OrderPlaced(order_id="x"))
+
+
+@pytest.mark.parametrize("seconds", [-5, float("nan"), float("inf"), 1e20, 10**400])
+def test_a_fake_clock_never_moves_back_or_out_of_range(seconds: float) -> None:
+    clock = FakeClock(START)
+    with pytest.raises(ValueError, match=r"time only moves forward|a finite number of seconds"):
+        clock.sleep(seconds)
+    with pytest.raises(ValueError, match=r"time only moves forward|a finite number of seconds"):
+        clock.advance(seconds)
+    assert clock.now() == START
+    assert clock.sleeps == []
+
+
+def test_a_fake_clock_at_the_end_of_time_says_so() -> None:
+    clock = FakeClock(datetime(9999, 12, 31, 23, 59, tzinfo=UTC))
+    with pytest.raises(ValueError, match="past year 9999"):
+        clock.advance(timedelta(days=2))

@@ -604,11 +604,16 @@ class SQLiteDeadLetterStore:
                     db.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
 
     def clear(self) -> None:
-        """Forget every letter, in one transaction (a store whose file is not made stays so)."""
+        """Forget every letter, in one transaction.
+
+        A store whose file is not made yet stays so, and an empty store is
+        left untouched (so clearing an empty read-only store is no error).
+        """
         with self._reader() as db:
-            if db is not None:
-                with _write(db):
-                    db.execute("DELETE FROM dead_letters")
+            if db is None or db.execute("SELECT 1 FROM dead_letters LIMIT 1").fetchone() is None:
+                return
+            with _write(db):
+                db.execute("DELETE FROM dead_letters")
 
     def get(self, letter_id: uuid.UUID, /) -> DeadLetter:
         """The letter with this ``id``; ``KeyError`` if absent."""

@@ -328,21 +328,25 @@ class HandlerRegistry:
                             "twice?)"
                         )
 
-    def _exchange(
-        self, removing: c.Collection[Subscription], adding: c.Iterable[Subscription]
+    def _rearrange(
+        self, drop: c.Callable[[Subscription], bool], add: c.Iterable[Subscription]
     ) -> None:
-        """Take out ``removing`` and put in ``adding``, keeping registration order.
+        """Take out the subscriptions ``drop`` says yes to and put in ``add``, in place.
 
-        Subscriptions are taken out by identity (those no longer here are
-        skipped) and put in at the place their ``sequence`` gives them, so a
-        subscription taken out and put back runs where it ran before. The
-        seam of the testing helpers (``eventbus.testing.override``,
-        ``isolate``); no check is made on what is put in.
+        Each added subscription goes where its ``sequence`` puts it, so one
+        taken out and put back runs where it ran before; one whose handler
+        is subscribed again meanwhile is not added twice. The seam of the
+        testing helpers (``eventbus.testing.override``, ``isolate``): no
+        other check is made on what is put in.
         """
         with self._lock:
-            gone = {id(sub) for sub in removing}
-            kept = [sub for sub in self._subscriptions if id(sub) not in gone]
-            kept.extend(adding)
+            kept = [sub for sub in self._subscriptions if not drop(sub)]
+            there = list(kept)
+            kept.extend(
+                sub
+                for sub in add
+                if not any(same_handler(sub.handler, other.handler) for other in there)
+            )
             kept.sort(key=lambda sub: sub.sequence)
             self._subscriptions = kept
             self._invalidate()

@@ -182,8 +182,11 @@ def caller_namespace() -> dict[str, object] | None:
 
 def _is_generator(handler: object) -> bool:
     """A generator function, or a callable instance whose ``__call__`` is one."""
-    if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
-        return True
+    try:
+        if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+            return True
+    except TypeError:  # a Mock(spec=function): its code flags are mocks too
+        return False
     if inspect.isroutine(handler) or isinstance(handler, type | functools.partial):
         return False
     call = getattr(type(handler), "__call__", None)  # noqa: B004
@@ -191,8 +194,11 @@ def _is_generator(handler: object) -> bool:
 
 
 def _is_async(handler: object) -> bool:
-    if inspect.iscoroutinefunction(handler):
-        return True
+    try:
+        if inspect.iscoroutinefunction(handler):
+            return True
+    except TypeError:  # a Mock(spec=function) of a sync function: its code flags are mocks
+        return False
     call = getattr(type(handler), "__call__", None)  # noqa: B004  # callable instances
     return not inspect.isroutine(handler) and inspect.iscoroutinefunction(call)
 

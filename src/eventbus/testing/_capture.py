@@ -159,9 +159,14 @@ class Published(c.Sequence[Event]):
     def publisher_of(self, event: Event, /) -> str | None:
         """The name of the handler that published ``event``; None for a top-level publish.
 
-        ``KeyError`` if ``event`` was not captured.
+        ``LookupError`` if ``event`` was not captured.
         """
         with self._lock:
+            if event.event_id not in self._publishers:
+                raise LookupError(
+                    f"{describe(event)} (event_id={event.event_id}) was not published while "
+                    "this capture ran"
+                )
             return self._publishers[event.event_id]
 
     # -- showing it ---------------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import collections.abc as c
 import contextlib
+import math
 import threading
 import typing as t
 from datetime import UTC, datetime, timedelta
 
 from ..clock import Clock, SystemClock
+from ..retry import MAX_DELAY
 from . import _state
 
 if t.TYPE_CHECKING:
@@ -55,17 +57,16 @@ class FakeClock(SystemClock):
 
     def advance(self, by: float | timedelta, /) -> datetime:
         """Move the time forward by ``by`` (seconds, or a timedelta); return the new time."""
-        step = by if isinstance(by, timedelta) else _seconds(by)
-        if step < timedelta(0):
-            raise ValueError(f"time only moves forward; advance() got {by!r}")
+        step = _step(by, "advance()")
         with self._lock:
-            self._now += step
+            self._now = _later(self._now, step)
             return self._now
 
     def sleep(self, seconds: float, /) -> None:
+        step = _step(seconds, "sleep()")
         with self._lock:
             self.sleeps.append(seconds)
-            self._now += timedelta(seconds=seconds)
+            self._now = _later(self._now, step)
 
     async def sleep_async(self, seconds: float, /) -> None:
         import asyncio
@@ -77,10 +78,28 @@ class FakeClock(SystemClock):
         return f"<FakeClock now={self._now.isoformat()} sleeps={len(self.sleeps)}>"
 
 
-def _seconds(by: object) -> timedelta:
-    if isinstance(by, bool) or not isinstance(by, int | float):
-        raise TypeError(f"advance() takes seconds or a timedelta, got {by!r}")
-    return timedelta(seconds=by)
+def _step(by: object, what: str) -> timedelta:
+    """``by`` (seconds or a timedelta) as a step forward; errors name ``what`` was called."""
+    if isinstance(by, timedelta):
+        step = by
+    elif isinstance(by, bool) or not isinstance(by, int | float):
+        raise TypeError(f"{what} takes seconds or a timedelta, got {by!r}")
+    elif abs(by) > MAX_DELAY or not math.isfinite(by):  # abs first: a huge int is no float
+        raise ValueError(f"{what} takes a finite number of seconds up to {MAX_DELAY:g}, got {by!r}")
+    else:
+        step = timedelta(seconds=by)
+    if step < timedelta(0):
+        raise ValueError(f"time only moves forward; {what} got {by!r}")
+    return step
+
+
+def _later(now: datetime, step: timedelta) -> datetime:
+    try:
+        return now + step
+    except OverflowError:
+        raise ValueError(
+            f"a FakeClock at {now.isoformat()} cannot move {step} forward: past year 9999"
+        ) from None
 
 
 @t.overload
@@ -120,7 +139,7 @@ def _installed(bus: EventBus, clock: C) -> c.Iterator[C]:
         bus.clock = previous
 
     change = _state.Change(f"use_clock({clock!r})", bus, restore)
-    _state.active.append(change)
+    _state.add(change)
     try:
         yield clock
     finally:

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import typing as t
 
-from ..handlers.registry import HandlerRegistry
+from ..handlers.registry import HandlerRegistry, same_handler
 from ..handlers.selection import Selector, describe, select, unmatched_error
 from ..handlers.subscription import Subscription
 from . import _state
@@ -47,7 +47,12 @@ def override(
         )
     originals = _chosen(bus, [handler], "override")
     fakes = [_fake_subscription(sub, fake) for sub in originals]
-    return _changed(bus, originals, fakes, f"override({describe(handler)})", fake)
+    name = originals[0].name
+
+    def undo() -> None:  # the fake's subscriptions as they are now, whatever the block did
+        bus._rearrange(lambda sub: same_handler(sub.handler, fake) and sub.name == name, originals)
+
+    return _changed(bus, originals, fakes, undo, f"override({describe(handler)})", fake)
 
 
 def isolate(
@@ -69,7 +74,14 @@ def isolate(
     kept = _chosen(bus, list(handlers), "isolate")
     left_out = [sub for sub in bus.subscriptions if sub not in kept]
     shown = ", ".join(describe(h) for h in handlers)
-    return _changed(bus, left_out, [], f"isolate({shown})", tuple(kept))
+    return _changed(
+        bus,
+        left_out,
+        [],
+        lambda: bus._rearrange(_nothing, left_out),
+        f"isolate({shown})",
+        tuple(kept),
+    )
 
 
 @contextlib.contextmanager
@@ -77,21 +89,30 @@ def _changed(
     bus: HandlerRegistry,
     removing: list[Subscription],
     adding: list[Subscription],
+    undo: c.Callable[[], None],
     what: str,
     value: T,
 ) -> c.Iterator[T]:
-    bus._exchange(removing, adding)
-    change = _state.Change(what, bus, lambda: bus._exchange(adding, removing))
-    _state.active.append(change)
+    taken = {id(sub) for sub in removing}
+    bus._rearrange(lambda sub: id(sub) in taken, adding)
+    change = _state.Change(what, bus, undo)
+    _state.add(change)
     try:
         yield value
     finally:
         change.undo()
 
 
+def _nothing(sub: Subscription) -> bool:
+    return False
+
+
 def _check_registry(bus: object, helper: str) -> None:
     if not isinstance(bus, HandlerRegistry):
-        raise TypeError(f"{helper}() takes an EventBus (or a HandlerRegistry), got {bus!r}")
+        raise TypeError(
+            f"{helper}() takes the EventBus whose handlers to change, got {bus!r} (a "
+            "HandlerRegistry works too, before bus.include() copies its subscriptions)"
+        )
 
 
 def _chosen(bus: HandlerRegistry, selectors: list[Selector], helper: str) -> list[Subscription]:
@@ -112,15 +133,21 @@ def _fake_subscription(original: Subscription, fake: object) -> Subscription:
     event_type: object = (
         original.event_types[0] if len(original.event_types) == 1 else t.Union[original.event_types]  # noqa: UP007  # a runtime union of the classes
     )
-    checked = Subscription.create(
-        fake,
-        event_type,
-        priority=original.priority,
-        retry=original.retry,
-        run_in_thread=False,
-        sequence=original.sequence,
-        name=original.name,
-    )
+    try:
+        checked = Subscription.create(
+            fake,
+            event_type,
+            priority=original.priority,
+            retry=original.retry,
+            run_in_thread=False,
+            sequence=original.sequence,
+            name=original.name,
+        )
+    except TypeError as error:  # subscribe's words, about the fake
+        message = str(error).replace(
+            f"cannot subscribe {original.name}", f"cannot override {original.name} with {fake!r}"
+        )
+        raise TypeError(message) from None
     return dataclasses.replace(
         checked,
         event_types=original.event_types,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections.abc as c
 import dataclasses
 import gc
+import sys
+import threading
 import typing as t
 import weakref
 
@@ -28,9 +30,9 @@ if t.TYPE_CHECKING:
 __all__ = ["AfterTest", "Change", "active", "snapshot"]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Change:
-    """A change a helper made to a bus, and how to undo it."""
+    """A change a helper made to a bus, and how to undo it (once, from any thread)."""
 
     what: str
     bus: object
@@ -38,17 +40,32 @@ class Change:
     done: bool = False
 
     def undo(self) -> None:
-        if not self.done:
+        """Undo this change, after the changes made to its bus since (blocks nest)."""
+        with _lock:
+            if self.done:
+                return
+            since = active[active.index(self) + 1 :] if self in active else []
+        for later in reversed([change for change in since if change.bus is self.bus]):
+            later.undo()  # a block ended before those opened inside it: they end first
+        with _lock:
+            if self.done:
+                return
             self.done = True
-            try:
-                self._undo()
-            finally:
-                if self in active:
-                    active.remove(self)
+            if self in active:
+                active.remove(self)
+        self._undo()
 
 
 #: The changes of helper blocks that have not ended, oldest first.
 active: list[Change] = []
+_lock = threading.Lock()
+
+
+def add(change: Change) -> None:
+    """Count ``change`` among those of blocks not yet ended."""
+    with _lock:
+        active.append(change)
+
 
 #: What a snapshot returns: call it after the test for the problems (one message each).
 AfterTest = c.Callable[[], list[str]]
@@ -116,6 +133,12 @@ def _senders(signal: NamedSignal, key: c.Hashable) -> str:
     return ", ".join(sorted(names))
 
 
+def _module(receiver: c.Callable[..., t.Any]) -> str | None:
+    """The module a receiver was defined in (a bound method's: its function's)."""
+    module = getattr(getattr(receiver, "__func__", receiver), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
 def _name(receiver: c.Callable[..., t.Any]) -> str:
     module = getattr(receiver, "__module__", None) or "?"
     return f"{module}.{getattr(receiver, '__qualname__', repr(receiver))}"
@@ -131,12 +154,18 @@ def _receivers() -> AfterTest:
     # blinker's own references, weak or strong: a snapshot must not keep a receiver alive
     before = {signal: dict(signal.receivers) for signal in signals.ALL}
     name_of = {getattr(signals, name): name for name in signals.__all__}
+    imported = set(sys.modules)
 
     def after() -> list[str]:
         if not _receivers_left(before):
             return []
         gc.collect()  # a receiver that only the garbage collector would free is no leak
-        left = _receivers_left(before)
+        # A module first imported during the test connects what it connects for good.
+        left = {
+            signal: kept
+            for signal, receivers in _receivers_left(before).items()
+            if (kept := {k: r for k, r in receivers.items() if _module(r) in imported | {None}})
+        }
         if not left:
             return []
         lines = [
@@ -166,10 +195,12 @@ def _receivers() -> AfterTest:
 
 def _helper_blocks() -> AfterTest:
     """Every ``override``, ``isolate`` and ``use_clock`` block the test entered has ended."""
-    before = list(active)
+    with _lock:
+        before = list(active)
 
     def after() -> list[str]:
-        left = [change for change in active if change not in before]
+        with _lock:
+            left = [change for change in active if change not in before]
         if not left:
             return []
         lines = [f"  {change.what} on {change.bus!r}" for change in left]

@@ -11,9 +11,12 @@ Installing eventbus is enough: pytest loads it. Fixtures:
   ``bus`` for the test, so retries wait no time.
 - ``dead_letters``: ``bus.dead_letters``.
 
-Between tests: a test that uses ``bus`` starts with no dead letters on it
-(they are cleared before the test), and every helper block ends with its
-fixture. After each test, a check fails the test (an error at teardown)
+Between tests: each time the ``bus`` fixture is made, the letters of its
+store are forgotten when the store is in memory (the default store, or
+``SQLiteDeadLetterStore(":memory:")``); a store in a file is left as it
+is, since it may hold letters that matter: give a test's bus a file under
+``tmp_path``, or call ``clear_dead_letters``. Every helper block ends with
+its fixture. After each test, a check fails the test (an error at teardown)
 if it left a receiver connected to a signal of ``eventbus.signals``, an
 ``override``/``isolate``/``use_clock`` block open, or another clock on a
 bus that existed before it; it then puts things back, so the next tests
@@ -31,7 +34,7 @@ import collections.abc as c
 import pytest
 
 from ..bus import EventBus
-from ..dead_letters import DeadLetterStore
+from ..dead_letters import DeadLetterStore, InMemoryDeadLetterStore
 from . import _state
 from ._capture import Published, capture
 from ._clock import FakeClock, use_clock
@@ -74,18 +77,36 @@ def fake_clock(bus: EventBus) -> c.Iterator[FakeClock]:
 
 @pytest.fixture
 def dead_letters(bus: EventBus) -> DeadLetterStore:
-    """The dead-letter store of ``bus`` (empty when the test starts)."""
+    """The dead-letter store of ``bus`` (empty when the test starts, if it is in memory)."""
     return bus.dead_letters
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> c.Generator[None, object, object]:
+    """Each time the ``bus`` fixture is made, forget the letters of its in-memory store."""
+    made = yield
+    # A project's own `bus` fixture may be something else; a store that persists (a file)
+    # may hold letters that matter, and is left alone.
+    if fixturedef.argname == "bus" and isinstance(made, EventBus) and _in_memory(made):
+        clear_dead_letters(made)
+    return made
+
+
+def _in_memory(bus: EventBus) -> bool:
+    store = bus.dead_letters
+    if isinstance(store, InMemoryDeadLetterStore):
+        return True
+    from ..dead_letters.sqlite import MEMORY, SQLiteDeadLetterStore
+
+    return isinstance(store, SQLiteDeadLetterStore) and str(store.path) == MEMORY
 
 
 @pytest.fixture(autouse=True)
 def _eventbus_test_state(request: pytest.FixtureRequest) -> c.Iterator[None]:
-    """Start each test that uses ``bus`` with no dead letters; fail a test that leaks state."""
+    """Fail a test that leaves global state behind (see the module's documentation)."""
     after = _state.snapshot() if request.config.getini(CHECK_OPTION) else None
-    if "bus" in request.fixturenames:
-        bus = request.getfixturevalue("bus")
-        if isinstance(bus, EventBus):  # a project's own `bus` fixture may be something else
-            clear_dead_letters(bus)
     yield
     if after is not None:
         problems = after()
