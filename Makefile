@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo diagram test lint typecheck bench clean
+.PHONY: demo diagram test lint typecheck bench clean redis-server
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -33,7 +33,11 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench.py --repetitions 7 --write docs/performance.md
 
-test: $(STAMP)
+# The Redis tests start a private redis-server; this installs the program when missing.
+redis-server:
+	@[ -n "$${EVENTBUS_REDIS_SERVER:-}" ] || scripts/ensure-redis-server
+
+test: $(STAMP) redis-server
 	$(BIN)/python -m pytest
 	$(BIN)/python -m mypy
 	$(BIN)/python -m ruff check .
