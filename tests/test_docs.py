@@ -28,6 +28,14 @@ def test_every_testing_helper_has_a_heading_in_the_reference() -> None:
     assert all(f"`{name}`" in fixtures for name in plugin.__all__)
 
 
+def test_every_name_of_eventbus_redis_has_a_heading_in_the_reference() -> None:
+    import eventbus.redis
+
+    reference = (DOCS / "reference.md").read_text()
+    missing = [name for name in eventbus.redis.__all__ if f"### `{name}`" not in reference]
+    assert missing == [], f"document these in docs/reference.md: {missing}"
+
+
 def test_the_version_is_the_installed_distributions() -> None:
     import importlib.metadata
 

@@ -22,6 +22,7 @@ from .dead_letters import (
     UndefinedEvent,
 )
 from .errors import (
+    BrokerError,
     CascadeDepthError,
     EventBusError,
     HandlerTimeoutError,
@@ -43,7 +44,7 @@ from .handlers import Handler, HandlerRegistry, Subscription
 from .middleware import HandlerCall, Middleware
 from .results import PublishResult
 from .retry import MAX_DELAY, RetryPolicy
-from .transport import Transport
+from .transport import Broker, Transport
 
 if t.TYPE_CHECKING:
     from .dead_letters.sqlite import SQLiteDeadLetterStore, SQLiteDeadLetterStoreError
@@ -53,6 +54,8 @@ __all__ = [
     "JSON_DEPTH_LIMIT",
     "MAX_DELAY",
     "NO_HANDLER",
+    "Broker",
+    "BrokerError",
     "CascadeDepthError",
     "Clock",
     "DeadLetter",

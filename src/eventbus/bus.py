@@ -27,7 +27,7 @@ from .plans import Plan, compile_plan, refuse_awaitable
 from .redrive import RedriveOutcome
 from .results import PublishResult
 from .retry import RetryPolicy
-from .transport import Transport, announcing
+from .transport import Broker, Transport, announcing
 
 if t.TYPE_CHECKING:
     import uuid
@@ -66,6 +66,9 @@ class EventBus(HandlerRegistry):
       first outermost (more with :meth:`add_middleware`).
     - ``transport``: what ``publish`` does with an event (a
       :class:`Transport`); by default it is delivered in this process.
+    - ``broker``: a :class:`Broker` (``eventbus.redis.RedisBroker``):
+      ``publish`` hands events to it and workers run the handlers; its
+      store is the bus's ``dead_letters`` unless one is given.
     """
 
     def __init__(
@@ -79,8 +82,22 @@ class EventBus(HandlerRegistry):
         clock: Clock | None = None,
         middleware: c.Iterable[Middleware] = (),
         transport: Transport | None = None,
+        broker: Broker | None = None,
     ) -> None:
         super().__init__()
+        if broker is not None:
+            if not isinstance(broker, Broker):
+                raise TypeError(
+                    f"broker must be a Broker (bind, dead_letters), got {broker!r}; "
+                    "e.g. broker=eventbus.redis.RedisBroker(url, namespace=...)"
+                )
+            if transport is not None:
+                raise TypeError(
+                    "give broker= or transport=, not both: a broker is the bus's transport"
+                )
+            transport = broker
+            if dead_letters is None:
+                dead_letters = broker.dead_letters
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
         if isinstance(max_cascade_depth, bool) or not isinstance(max_cascade_depth, int):
@@ -104,6 +121,7 @@ class EventBus(HandlerRegistry):
         self._clock: Clock = _checked_clock(clock) if clock is not None else SystemClock()
         self._middleware: tuple[Middleware, ...] = ()
         self._transport: Transport = transport if transport is not None else LocalTransport()
+        self._broker = broker
         # The compiled plan of each event class published so far (see plans.py).
         self._compiled: dict[type, Plan] = {}
         for layer in middleware:
@@ -341,6 +359,11 @@ class EventBus(HandlerRegistry):
                 raise ValueError(f"{middleware!r} is not a middleware of this bus")
             self._middleware = kept
             self._invalidate()
+
+    @property
+    def broker(self) -> Broker | None:
+        """The broker this bus publishes to, or None for a bus that delivers in process."""
+        return self._broker
 
     @property
     def transport(self) -> Transport:

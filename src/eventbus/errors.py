@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BrokerError",
     "CascadeDepthError",
     "EventBusError",
     "HandlerTimeoutError",
@@ -53,4 +54,13 @@ class RedriveError(EventBusError, LookupError):
     """A dead letter cannot be redriven: its handler or its event class is not defined here.
 
     The letter stays in its store.
+    """
+
+
+class BrokerError(EventBusError):
+    """The broker (Redis) could not take or give what was asked, within the time allowed.
+
+    Raised by ``publish``/``publish_async`` of a broker bus when the event
+    was not written: the event is not published, and the message names the
+    broker, the cause (also chained as ``__cause__``) and what to check.
     """

@@ -19,11 +19,12 @@ import typing as t
 
 if t.TYPE_CHECKING:
     from .bus import EventBus
+    from .dead_letters import DeadLetterStore
     from .events import Event
     from .plans import Plan
     from .results import PublishResult
 
-__all__ = ["Publish", "PublishAsync", "Transport", "announcing"]
+__all__ = ["Broker", "Publish", "PublishAsync", "Transport", "announcing"]
 
 #: What ``bus.publish(event)`` calls for one event class.
 Publish: t.TypeAlias = c.Callable[["Event"], "PublishResult"]
@@ -44,6 +45,22 @@ class Transport(t.Protocol):
 
     def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync] | None:
         """The (sync, async) publish functions of ``plan``'s event class, or None: local."""
+        ...
+
+
+@t.runtime_checkable
+class Broker(Transport, t.Protocol):
+    """A transport that hands events to a message broker, with the store of its dead letters.
+
+    ``EventBus(broker=...)`` makes the broker the bus's transport and, unless
+    ``dead_letters=`` is given, its ``dead_letters`` the bus's store: the
+    handlers of such a bus run in worker processes, which keep their
+    letters there. :class:`eventbus.redis.RedisBroker` is one.
+    """
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        """Where the workers of this broker keep dead letters."""
         ...
 
 

@@ -1,0 +1,185 @@
+"""Publishing on a broker bus, against the tests' private redis-server.
+
+``publish`` and ``publish_async`` return once Redis has the entry; what
+Redis does not take is a BrokerError, never a silent success. The entry is
+JSON under the event's ``event_type``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc as c
+import json
+
+import pytest
+import redis
+
+from eventbus import (
+    Broker,
+    BrokerError,
+    Event,
+    EventBus,
+    InMemoryDeadLetterStore,
+    LocalTransport,
+    PublishResult,
+    UndefinedEvent,
+)
+from eventbus.redis import RedisBroker, RedisDeadLetterStore, RedisDeadLetterStoreError
+from eventbus.testing import capture
+from tests.redis_server import RedisServer
+
+
+class OrderPlaced(Event):
+    order_id: str
+    total: int = 0
+
+
+@pytest.fixture
+def broker(redis_url: str) -> c.Iterator[RedisBroker]:
+    with RedisBroker(redis_url, namespace="shop", timeout=1.0) as made:
+        yield made
+
+
+def publish(bus: EventBus, event: Event, use_async: bool) -> PublishResult:
+    return asyncio.run(bus.publish_async(event)) if use_async else bus.publish(event)
+
+
+def entries(broker: RedisBroker) -> list[dict[bytes, bytes]]:
+    raw: list[tuple[bytes, dict[bytes, bytes]]] = broker.client.xrange(broker.keys.stream)  # type: ignore[assignment]
+    return [fields for _, fields in raw]
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+def test_a_publish_returns_once_the_entry_is_in_the_stream(
+    broker: RedisBroker, use_async: bool
+) -> None:
+    bus = EventBus(broker=broker)
+    ran: list[OrderPlaced] = []
+    bus.subscribe(OrderPlaced)(ran.append)  # handlers run in workers, not in the publishing process
+    placed = OrderPlaced(order_id="o1", total=4500)
+    result = publish(bus, placed, use_async)
+    assert result.ok
+    assert result.event is placed
+    assert ran == []
+    [fields] = entries(broker)
+    assert fields[b"event_type"] == placed.event_type.encode()
+    assert Event.from_json(placed.event_type, fields[b"payload"]) == placed
+    assert json.loads(fields[b"payload"])["order_id"] == "o1"
+    assert broker.keys.stream == "eventbus:shop:events"
+
+
+def test_events_keep_their_publish_order(broker: RedisBroker) -> None:
+    bus = EventBus(broker=broker)
+    for n in range(50):
+        bus.publish(OrderPlaced(order_id=str(n)))
+    assert [json.loads(f[b"payload"])["order_id"] for f in entries(broker)] == [
+        str(n) for n in range(50)
+    ]
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+def test_a_publish_redis_cannot_take_raises_broker_error(
+    redis_server: RedisServer, redis_url: str, use_async: bool
+) -> None:
+    bus = EventBus(broker=RedisBroker(redis_url, namespace="shop", timeout=0.2))
+    redis_server.stop()
+    try:
+        with pytest.raises(BrokerError, match=r"could not publish .*OrderPlaced") as raised:
+            publish(bus, OrderPlaced(order_id="o1"), use_async)
+    finally:
+        redis_server.start()
+    assert isinstance(raised.value.__cause__, redis.ConnectionError)
+    assert "the event was not published" in str(raised.value)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xlen("eventbus:shop:events") == 0
+
+
+def test_a_publish_after_redis_restarted_reconnects(
+    redis_server: RedisServer, broker: RedisBroker
+) -> None:
+    bus = EventBus(broker=broker)
+    bus.publish(OrderPlaced(order_id="before"))
+    redis_server.restart()
+    bus.publish(OrderPlaced(order_id="after"))  # the pooled connection was dropped: a new one
+    assert [json.loads(f[b"payload"])["order_id"] for f in entries(broker)] == ["before", "after"]
+
+
+def test_a_broker_bus_keeps_its_letters_in_the_brokers_store(broker: RedisBroker) -> None:
+    bus = EventBus(broker=broker)
+    assert bus.broker is broker
+    assert bus.transport is broker
+    assert bus.dead_letters is broker.dead_letters
+    assert isinstance(broker, Broker)
+    assert isinstance(bus.dead_letters, RedisDeadLetterStore)
+    own = InMemoryDeadLetterStore()
+    assert EventBus(broker=broker, dead_letters=own).dead_letters is own
+    assert EventBus().broker is None
+
+
+def test_a_broker_bus_refuses_what_is_not_a_broker(broker: RedisBroker) -> None:
+    with pytest.raises(TypeError, match="not both"):
+        EventBus(broker=broker, transport=LocalTransport())
+    with pytest.raises(TypeError, match="broker must be a Broker"):
+        EventBus(broker=LocalTransport())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"namespace": ""}, "namespace must be"),
+        ({"namespace": "a b"}, "namespace must be"),
+        ({"claim_idle": 0}, "claim_idle must be"),
+        ({"claim_idle": float("nan")}, "claim_idle must be"),
+        ({"timeout": 0}, "timeout must be"),
+    ],
+)
+def test_bad_broker_options_are_refused_naming_them(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        RedisBroker("redis://127.0.0.1:1/0", **options)  # type: ignore[arg-type]
+
+
+def test_a_url_that_is_not_redis_is_refused() -> None:
+    with pytest.raises(ValueError, match="url must be a Redis URL"):
+        RedisBroker("http://127.0.0.1:6379")
+
+
+def test_a_password_never_shows_in_a_repr() -> None:
+    broker = RedisBroker("redis://user:s3cret@127.0.0.1:1/0", namespace="shop")
+    assert "s3cret" not in repr(broker)
+    assert "s3cret" not in repr(broker.dead_letters)
+    assert repr(broker) == "<RedisBroker redis://***@127.0.0.1:1/0 namespace='shop'>"
+    broker.close()
+
+
+def test_capture_sees_what_a_broker_bus_published(broker: RedisBroker) -> None:
+    bus = EventBus(broker=broker)
+    with capture(bus) as published:
+        bus.publish(OrderPlaced(order_id="o1"))
+    assert published.one(OrderPlaced).order_id == "o1"
+
+
+def test_a_store_that_cannot_reach_redis_says_where(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    store = RedisDeadLetterStore(redis_url, namespace="shop", timeout=0.2)
+    redis_server.stop()
+    try:
+        with pytest.raises(RedisDeadLetterStoreError, match="could not count the letters of"):
+            len(store)
+    finally:
+        redis_server.start()
+        store.close()
+
+
+def test_a_stored_letter_that_is_not_json_still_comes_back(broker: RedisBroker) -> None:
+    store = broker.dead_letters
+    broker.client.hset(store.keys.letters, "1b4e28ba-2fa1-11d2-883f-0016d3cca427", b"\xff{not json")
+    broker.client.zadd(store.keys.letters_order, {"1b4e28ba-2fa1-11d2-883f-0016d3cca427": 1})
+    [letter] = list(store)
+    assert str(letter.id) == "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    assert isinstance(letter.event, UndefinedEvent)
+    assert "cannot be read" in letter.event.reason
+    assert not letter.event.redrivable
+    assert store.get(letter.id).id == letter.id
