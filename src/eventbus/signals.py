@@ -50,7 +50,6 @@ __all__ = [
 logger = logging.getLogger("eventbus")
 
 
-
 class HookSignal(NamedSignal):
     """A blinker signal that tells the buses concerned when its receivers change.
 

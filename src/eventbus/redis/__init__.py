@@ -19,5 +19,14 @@ except ImportError as missing:  # pragma: no cover - the dev environment has it
 from ..errors import BrokerError
 from ._broker import RedisBroker
 from ._store import RedisDeadLetterStore, RedisDeadLetterStoreError
+from ._worker import UnreadableEntryError, Worker, WorkerLostError
 
-__all__ = ["BrokerError", "RedisBroker", "RedisDeadLetterStore", "RedisDeadLetterStoreError"]
+__all__ = [
+    "BrokerError",
+    "RedisBroker",
+    "RedisDeadLetterStore",
+    "RedisDeadLetterStoreError",
+    "UnreadableEntryError",
+    "Worker",
+    "WorkerLostError",
+]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import typing as t
 
 import redis
 
+from ..cascade import _stamped
 from ..errors import BrokerError
+from ..events import Event
 from ..results import PublishResult
 from ..retry import MAX_DELAY, finite_non_negative
 from ._client import connect, where
@@ -16,11 +20,24 @@ from ._store import RedisDeadLetterStore
 
 if t.TYPE_CHECKING:
     from ..bus import EventBus
-    from ..events import Event
     from ..plans import Plan
     from ..transport import Publish, PublishAsync
 
-__all__ = ["RedisBroker"]
+__all__ = ["Attempt", "RedisBroker", "entry", "running"]
+
+
+@dataclasses.dataclass(slots=True)
+class Attempt:
+    """One handler's attempt in a worker: what it published waits here for its acknowledgement."""
+
+    event: Event
+    children: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+
+#: The attempt of the handler running in this context (a worker sets it).
+running: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
+    "eventbus_redis_attempt", default=None
+)
 
 
 class RedisBroker:
@@ -84,7 +101,15 @@ class RedisBroker:
         return self.publish, self.publish_async
 
     def publish(self, event: Event, /) -> PublishResult:
-        """Append ``event`` to the stream; return once Redis has it (``BrokerError`` if not)."""
+        """Append ``event`` to the stream; return once Redis has it (``BrokerError`` if not).
+
+        From a handler running in a worker, the event (with its causation and
+        correlation ids set from the event handled) is kept with the attempt
+        instead, and written with the handler's acknowledgement.
+        """
+        attempt = running.get()
+        if attempt is not None:
+            return self._buffer(attempt, event)
         fields = entry(event)
         try:
             self._client.xadd(self.keys.stream, fields)  # type: ignore[arg-type]
@@ -98,7 +123,16 @@ class RedisBroker:
 
     async def publish_async(self, event: Event, /) -> PublishResult:
         """``publish`` from asyncio: the round trip waits in a worker thread."""
+        attempt = running.get()
+        if attempt is not None:
+            return self._buffer(attempt, event)
         return await asyncio.to_thread(self.publish, event)
+
+    def _buffer(self, attempt: Attempt, event: Event) -> PublishResult:
+        if event.causation_id is None or event.correlation_id is None:
+            event = _stamped(event, attempt.event)
+        attempt.children.append(entry(event))
+        return PublishResult(event)
 
     # -- lifetime -----------------------------------------------------------------
 

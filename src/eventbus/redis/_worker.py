@@ -1,0 +1,508 @@
+"""The worker: runs a broker bus's handlers on the stream, one consumer group per handler.
+
+Each handler's group reads the namespace's stream; an entry is
+acknowledged for that handler only after the handler succeeded (in the same
+MULTI/EXEC as the events it published) or its dead letter is stored (in
+the same MULTI/EXEC as the letter).
+
+Attempts are deliveries: an entry's delivery count in the group's pending
+list is the number of the attempt under way. A failed attempt with
+attempts left waits the policy's delay, then claims the entry again (which
+counts one more delivery) and runs it again; a worker that dies leaves its
+entries pending, and another worker claims them after ``claim_idle``
+(counting a delivery too). So an entry found with more deliveries than the
+handler's ``max_attempts`` was run that many times by workers that never
+finished: it becomes a dead letter without running again.
+
+A running entry is kept fresh (claimed again without counting, every third
+of ``claim_idle``), so that no other worker takes over a slow handler that
+is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc as c
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import typing as t
+import uuid
+
+import redis
+import redis.asyncio as aredis
+from pydantic import ValidationError
+
+from .. import signals
+from ..dead_letters.letter import DeadLetter, UndefinedEvent, describe
+from ..errors import EventBusError
+from ..events import Event, EventSerializationError, UnknownEventTypeError
+from ..failures import _log, attempt_failed
+from ..handlers.selection import select, unmatched_error
+from ..middleware import HandlerCall, chain_async
+from ..results import PublishResult
+from ..retry import RetryPolicy
+from ._broker import Attempt, RedisBroker, running
+from ._store import _ADD
+
+if t.TYPE_CHECKING:
+    from ..bus import EventBus
+    from ..handlers.subscription import Subscription
+
+__all__ = ["UnreadableEntryError", "Worker", "WorkerLostError"]
+
+logger = logging.getLogger("eventbus.worker")
+
+#: Entries read at most per read, whatever the free slots.
+BATCH = 100
+
+
+class WorkerLostError(EventBusError):
+    """The error of a letter whose entry was delivered more times than its handler may run.
+
+    Each delivery started an attempt that no worker finished: the workers
+    running it died (killed, out of memory, a crash in native code).
+    """
+
+
+class UnreadableEntryError(EventBusError):
+    """The error of a letter whose stream entry cannot be read back into an event."""
+
+
+class Worker:
+    """Run the handlers of a broker bus (``EventBus(broker=RedisBroker(...))``) until stopped.
+
+    ``handlers``: shell-style globs over handler names (all of the bus's
+    handlers by default); each must match at least one. ``concurrency``:
+    how many entries run at once, across the handlers; a worker reads no
+    more entries than it has free slots, so nothing ages in its pending
+    list while others could run it. ``name``: the consumer name in Redis
+    (host, pid and a random part by default).
+
+    ``await worker.run()`` runs until ``worker.stop()``; ``worker.run_sync()``
+    runs it in an event loop of its own.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        handlers: c.Sequence[str] = (),
+        concurrency: int = 16,
+        name: str | None = None,
+        block: float = 1.0,
+    ) -> None:
+        broker = bus.broker
+        if not isinstance(broker, RedisBroker):
+            raise TypeError(
+                f"a worker runs the handlers of a broker bus, and {bus!r} has "
+                f"{'no broker' if broker is None else repr(broker)}; build it with "
+                "EventBus(broker=RedisBroker(url, namespace=...))"
+            )
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        subscriptions = bus.subscriptions
+        if handlers:
+            chosen, unmatched = select(subscriptions, list(handlers))
+            if unmatched:
+                raise LookupError(unmatched_error(unmatched, subscriptions, repr(bus)))
+        else:
+            chosen = list(subscriptions)
+        if not chosen:
+            raise LookupError(f"{bus!r} has no handlers subscribed: a worker would have no work")
+        self.bus = bus
+        self.broker = broker
+        self.subscriptions: tuple[Subscription, ...] = tuple(
+            {sub.name: sub for sub in chosen}.values()  # one group per handler name
+        )
+        self.concurrency = concurrency
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.block = block
+        self._free = concurrency
+        self._slots: asyncio.Condition | None = None  # made by run(), in the loop it runs in
+        self._stopping: asyncio.Event | None = None
+        self._in_flight: dict[tuple[str, bytes], asyncio.Task[None]] = {}
+        self.handled = 0  # entries acknowledged, for tests and the status line
+
+    # -- running ------------------------------------------------------------------
+
+    def run_sync(self) -> None:
+        """Run until :meth:`stop`, in an event loop of its own."""
+        asyncio.run(self.run())
+
+    def stop(self) -> None:
+        """Stop reading; the entries in flight finish and are acknowledged, then ``run`` returns.
+
+        Safe to call from a signal handler of the loop's thread.
+        """
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self) -> None:
+        """Run the handlers until :meth:`stop`; return once the entries in flight are done."""
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Condition()
+        self._free = self.concurrency
+        keys = self.broker.keys
+        timeout = self.broker.timeout
+        self._client = aredis.Redis.from_url(
+            self.broker.url,
+            socket_timeout=self.block + timeout,
+            socket_connect_timeout=timeout,
+        )
+        self._store_script = self._client.register_script(_ADD)
+        self._stream = keys.stream
+        logger.info(
+            "worker %s: %d handler(s) on %s, concurrency %d: %s",
+            self.name,
+            len(self.subscriptions),
+            self._stream,
+            self.concurrency,
+            ", ".join(sub.name for sub in self.subscriptions),
+        )
+        try:
+            readers = [asyncio.create_task(self._group(sub)) for sub in self.subscriptions]
+            heart = asyncio.create_task(self._heartbeat())
+            await asyncio.gather(*readers)
+            heart.cancel()
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        finally:
+            await self._client.aclose()
+
+    # -- reading ------------------------------------------------------------------
+
+    async def _group(self, sub: Subscription) -> None:
+        """Read ``sub``'s group: this consumer's own pending entries first, then new ones."""
+        assert self._stopping is not None
+        await self._create_group(sub.name)
+        own = await self._client.xreadgroup(sub.name, self.name, {self._stream: "0"})
+        for entry_id, fields in _entries(own):
+            await self._reserve(1)
+            self._start(sub, entry_id, fields, pending=True)
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time()  # look for entries dead workers left, at once then now and then
+        while not self._stopping.is_set():
+            count = await self._reserve(BATCH)
+            if count == 0:
+                break
+            if loop.time() >= next_claim:
+                next_claim = loop.time() + self.broker.claim_idle / 2
+                try:
+                    count -= await self._reclaim(sub, count)
+                except redis.RedisError:
+                    logger.exception("worker %s: reclaiming for %s failed", self.name, sub.name)
+                if count == 0:
+                    continue
+            try:
+                read = await self._client.xreadgroup(
+                    sub.name,
+                    self.name,
+                    {self._stream: ">"},
+                    count=count,
+                    block=int(self.block * 1000),
+                )
+            except redis.RedisError:
+                await self._release(count)
+                logger.exception("worker %s: reading %s failed; trying again", self.name, sub.name)
+                await asyncio.sleep(0.5)
+                continue
+            started = 0
+            for entry_id, fields in _entries(read):
+                self._start(sub, entry_id, fields, pending=False)
+                started += 1
+            await self._release(count - started)
+
+    async def _reclaim(self, sub: Subscription, most: int) -> int:
+        """Take over up to ``most`` entries idle for ``claim_idle`` (their workers died).
+
+        One worker at a time looks, per group (a lock in Redis that expires
+        by itself): each entry is claimed once whoever looks, as XAUTOCLAIM
+        is atomic, and the lock keeps workers from all scanning at once.
+        Returns how many were started.
+        """
+        idle_ms = int(self.broker.claim_idle * 1000)
+        lock = f"{self.broker.keys.prefix}reclaiming:{sub.name}"
+        if not await self._client.set(lock, self.name, nx=True, px=max(idle_ms // 2, 1)):
+            return 0
+        reply = await self._client.xautoclaim(
+            self._stream, sub.name, self.name, idle_ms, start_id="0-0", count=most
+        )
+        claimed = t.cast(list[Entry], reply[1])
+        started = 0
+        for entry_id, fields in claimed:
+            if fields is not None:  # None: trimmed meanwhile (Redis dropped it from the list)
+                started += 1
+                logger.warning(
+                    "worker %s: took over entry %s of %s, idle for %gs (its worker died?)",
+                    self.name,
+                    entry_id.decode(),
+                    sub.name,
+                    self.broker.claim_idle,
+                )
+                self._start(sub, entry_id, fields, pending=False, claimed=True)
+        return started
+
+    async def _create_group(self, group: str) -> None:
+        try:
+            await self._client.xgroup_create(self._stream, group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _reserve(self, most: int) -> int:
+        """Take up to ``most`` slots, waiting for one; 0 when stopping."""
+        assert self._slots is not None
+        assert self._stopping is not None
+        async with self._slots:
+            while self._free == 0 and not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slots.wait(), timeout=self.block)
+            if self._stopping.is_set():
+                return 0
+            taken = min(most, self._free)
+            self._free -= taken
+            return taken
+
+    async def _release(self, count: int) -> None:
+        if count:
+            assert self._slots is not None
+            async with self._slots:
+                self._free += count
+                self._slots.notify_all()
+
+    def _start(
+        self,
+        sub: Subscription,
+        entry_id: bytes,
+        fields: t.Any,
+        *,
+        pending: bool,
+        claimed: bool = False,
+    ) -> None:
+        task = asyncio.create_task(
+            self._handle(sub, entry_id, fields, pending=pending, claimed=claimed)
+        )
+        self._in_flight[(sub.name, entry_id)] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._in_flight.pop((sub.name, entry_id), None)
+            failure = None if finished.cancelled() else finished.exception()
+            if failure is not None:
+                # Redis failed under it: the entry stays pending, for this worker's next
+                # start or another worker's reclaim; nothing is lost, nothing acknowledged.
+                logger.error(
+                    "worker %s: entry %s of %s left pending: %s",
+                    self.name,
+                    entry_id.decode(),
+                    sub.name,
+                    describe(failure),
+                    exc_info=failure,
+                )
+            asyncio.get_running_loop().create_task(self._release(1))
+
+        task.add_done_callback(done)
+
+    async def _heartbeat(self) -> None:
+        """Claim this worker's running entries again, without counting, so none goes idle."""
+        every = self.broker.claim_idle / 3
+        while True:
+            await asyncio.sleep(every)
+            by_group: dict[str, list[bytes]] = {}
+            for group, entry_id in list(self._in_flight):
+                by_group.setdefault(group, []).append(entry_id)
+            for group, ids in by_group.items():
+                try:
+                    await self._client.xclaim(
+                        self._stream, group, self.name, 0, list[t.Any](ids), justid=True
+                    )
+                except redis.RedisError:
+                    logger.exception("worker %s: keeping %s's entries failed", self.name, group)
+
+    # -- one entry ----------------------------------------------------------------
+
+    async def _deliveries(self, group: str, entry_id: bytes) -> int:
+        pending = await self._client.xpending_range(
+            self._stream, group, min=entry_id, max=entry_id, count=1
+        )
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def _handle(
+        self,
+        sub: Subscription,
+        entry_id: bytes,
+        fields: t.Any,
+        *,
+        pending: bool,
+        claimed: bool = False,
+    ) -> None:
+        group = sub.name
+        try:
+            event = _decode(fields)
+        except UnreadableEntryError as unreadable:
+            undefined = _undefined(fields, unreadable)
+            await self._dead_letter(
+                sub, entry_id, undefined, 1, unreadable, as_type=undefined.stored_type
+            )
+            return
+        if not sub.receives(type(event)):  # not this handler's: acknowledged unrun
+            await self._client.xack(self._stream, group, entry_id)
+            self.handled += 1
+            return
+        if pending:  # this consumer's own, from before a restart: a new delivery
+            await self._client.xclaim(self._stream, group, self.name, 0, [entry_id])
+            attempt = await self._deliveries(group, entry_id)
+        elif claimed:  # XAUTOCLAIM counted the delivery
+            attempt = await self._deliveries(group, entry_id)
+        else:
+            attempt = 1
+        policy = sub.retry or self.bus.default_retry or RetryPolicy()
+        while True:
+            if attempt > policy.max_attempts:
+                lost = WorkerLostError(
+                    f"{sub.name} was run {attempt - 1} time(s) on this entry by workers that "
+                    "stopped before finishing (killed, out of memory, a crash): "
+                    f"{policy.max_attempts} attempt(s) allowed"
+                )
+                await self._dead_letter(sub, entry_id, event, policy.max_attempts, lost)
+                return
+            attempt_run = Attempt(event)
+            error = await self._attempt(sub, event, attempt, attempt_run)
+            if error is None:
+                await self._acknowledge(group, entry_id, attempt_run.children)
+                signals.send(
+                    signals.handler_succeeded, self.bus, event=event, handler=sub.name,
+                    attempts=attempt,
+                )  # fmt: skip
+                return
+            delay = policy.next_delay(attempt, error, self.bus.clock)
+            if delay is None:
+                await self._dead_letter(sub, entry_id, event, attempt, error, policy=policy)
+                return
+            attempt_failed(self.bus, PublishResult(event), sub, attempt, error, delay)
+            await self.bus.clock.sleep_async(delay)
+            await self._client.xclaim(self._stream, group, self.name, 0, [entry_id])
+            attempt = await self._deliveries(group, entry_id)
+
+    async def _attempt(
+        self, sub: Subscription, event: Event, attempt: int, run: Attempt
+    ) -> Exception | None:
+        """Run one attempt of ``sub`` on ``event``; its error, or None."""
+        middleware = [m for m in self.bus.middleware if m.applies_to(sub)]
+
+        async def innermost(event: Event, call: HandlerCall) -> None:
+            if sub.is_async:
+                coroutine = t.cast(c.Awaitable[object], sub.handler(event))
+                if sub.timeout is not None:
+                    await asyncio.wait_for(coroutine, sub.timeout)
+                else:
+                    await coroutine
+            else:
+                await asyncio.to_thread(sub.handler, event)
+
+        call = HandlerCall(self.bus, sub, PublishResult(event), attempt)
+        token = running.set(run)
+        try:
+            await chain_async(middleware, innermost)(event, call)
+        except Exception as error:
+            run.children.clear()  # a failed attempt publishes nothing
+            return error
+        finally:
+            running.reset(token)
+        return None
+
+    async def _acknowledge(
+        self, group: str, entry_id: bytes, children: list[dict[str, str]]
+    ) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            for child in children:
+                pipe.xadd(self._stream, child)  # type: ignore[arg-type]
+            pipe.xack(self._stream, group, entry_id)
+            await pipe.execute()
+        self.handled += 1
+
+    async def _dead_letter(
+        self,
+        sub: Subscription,
+        entry_id: bytes,
+        event: Event,
+        attempts: int,
+        error: Exception,
+        *,
+        policy: RetryPolicy | None = None,
+        as_type: str | None = None,
+    ) -> None:
+        signals.send(
+            signals.handler_failed, self.bus, event=event, handler=sub.name, attempt=attempts,
+            error=error, final=True,
+        )  # fmt: skip
+        letter = DeadLetter.from_exception(
+            event, sub.name, attempts, error, failed_at=self.bus.clock.now()
+        )
+        if as_type is not None:  # an unreadable entry: the letter names the type it claimed
+            letter = dataclasses.replace(letter, event_type=as_type)
+        store = self.broker.dead_letters
+        keys = store.keys
+        async with self._client.pipeline(transaction=True) as pipe:
+            await self._store_script(
+                keys=[keys.letters, keys.letters_order, keys.letters_seq],
+                args=[str(letter.id), store.encode(letter)],
+                client=pipe,
+            )
+            pipe.xack(self._stream, sub.name, entry_id)
+            await pipe.execute()
+        why = ""
+        if policy is not None and attempts < policy.max_attempts:
+            why = " (not retried: its error type is excluded by the retry policy)"
+        _log(PublishResult(event), letter, attempts, error, why, logging.ERROR)
+        signals.send(signals.event_dead_lettered, self.bus, dead_letter=letter)
+        self.handled += 1
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _entries(read: object) -> list[Entry]:
+    """The entries of an XREADGROUP reply on the one stream (redis-py types it loosely)."""
+    replies = t.cast(list[tuple[bytes, list[Entry]]] | None, read)
+    return [item for _, items in replies or () for item in items]
+
+
+def _decode(fields: t.Any) -> Event:
+    """The event of a stream entry; ``UnreadableEntryError`` saying why it is none."""
+    try:
+        event_type = fields[b"event_type"].decode("utf-8")
+        payload = fields[b"payload"]
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+        raise UnreadableEntryError(
+            f"the entry has no readable event_type and payload fields ({describe(error)})"
+        ) from None
+    try:
+        return Event.from_json(event_type, payload)
+    except UnknownEventTypeError as error:
+        raise UnreadableEntryError(f"unknown event type: {describe(error)}") from None
+    except ValidationError as error:
+        raise UnreadableEntryError(
+            f"the payload is not a valid {event_type}: {describe(error)}"
+        ) from None
+    except EventSerializationError as error:
+        raise UnreadableEntryError(describe(error)) from None
+
+
+def _undefined(fields: t.Any, error: Exception) -> UndefinedEvent:
+    """An UndefinedEvent keeping an unreadable entry's raw fields (never imported, unpickled)."""
+    raw = {
+        (k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): (
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        )
+        for k, v in dict(fields or {}).items()
+    }
+    stored = raw.get("event_type", "?")
+    return UndefinedEvent(
+        stored_type=stored,
+        payload=raw.get("payload", repr(raw)),
+        reason=f"this stream entry cannot be read back into an event: {error}",
+        redrivable=False,
+    )

@@ -1,0 +1,326 @@
+"""The worker's logic against the tests' private redis-server, in this process.
+
+Groups per handler, acknowledgement with the children, retries counted as
+deliveries, dead letters with the acknowledgement, unreadable entries.
+Faults with worker processes (SIGKILL, SIGTERM, a Redis restart) have tests
+of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc as c
+import contextlib
+import json
+import time
+import typing as t
+
+import pytest
+
+from eventbus import Event, EventBus, RetryPolicy, UndefinedEvent
+from eventbus.redis import RedisBroker, UnreadableEntryError, Worker, WorkerLostError
+from eventbus.testing import FakeClock
+
+PATIENCE = 20.0  # seconds a bounded poll waits before it fails
+
+
+class Ordered(Event):
+    order_id: str
+
+
+class ExpressOrdered(Ordered):
+    pass
+
+
+class Shipped(Event):
+    order_id: str
+
+
+@pytest.fixture
+def bus(redis_url: str) -> c.Iterator[EventBus]:
+    with RedisBroker(redis_url, namespace="w", claim_idle=5.0) as broker:
+        yield EventBus(broker=broker, clock=FakeClock())
+
+
+def broker_of(bus: EventBus) -> RedisBroker:
+    assert isinstance(bus.broker, RedisBroker)
+    return bus.broker
+
+
+@contextlib.asynccontextmanager
+async def working(bus: EventBus, **options: t.Any) -> c.AsyncIterator[Worker]:
+    worker = Worker(bus, block=0.05, **options)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, PATIENCE)
+
+
+async def until(condition: c.Callable[[], bool]) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def pending(bus: EventBus, group: str) -> int:
+    broker = broker_of(bus)
+    summary = broker.client.xpending(broker.keys.stream, group)
+    return int(summary["pending"])
+
+
+def stream(bus: EventBus) -> list[dict[str, t.Any]]:
+    broker = broker_of(bus)
+    raw: list[tuple[bytes, dict[bytes, bytes]]] = broker.client.xrange(broker.keys.stream)  # type: ignore[assignment]
+    return [{"event_type": f[b"event_type"].decode(), **json.loads(f[b"payload"])} for _, f in raw]
+
+
+def test_events_published_before_the_worker_started_are_handled_and_acknowledged(
+    bus: EventBus,
+) -> None:
+    seen: list[str] = []
+
+    @bus.subscribe(name="shop.record")
+    def record(event: Ordered) -> None:
+        seen.append(event.order_id)
+
+    for n in range(5):
+        bus.publish(Ordered(order_id=str(n)))
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 5)
+
+    asyncio.run(main())
+    assert sorted(seen) == [str(n) for n in range(5)]
+    assert pending(bus, "shop.record") == 0
+
+
+def test_each_handler_has_its_group_and_receives_what_it_matches(bus: EventBus) -> None:
+    seen: dict[str, list[str]] = {"any": [], "express": [], "async": []}
+
+    @bus.subscribe(name="any")
+    def on_any(event: Ordered) -> None:
+        seen["any"].append(event.order_id)
+
+    @bus.subscribe(name="express")
+    def on_express(event: ExpressOrdered) -> None:
+        seen["express"].append(event.order_id)
+
+    @bus.subscribe(name="async")
+    async def on_async(event: Ordered) -> None:
+        seen["async"].append(event.order_id)
+
+    bus.publish(Ordered(order_id="o1"))
+    bus.publish(ExpressOrdered(order_id="o2"))
+    bus.publish(Shipped(order_id="o3"))
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 9)  # 3 entries x 3 groups, acked
+
+    asyncio.run(main())
+    assert seen == {"any": ["o1", "o2"], "express": ["o2"], "async": ["o1", "o2"]}
+    assert all(pending(bus, group) == 0 for group in seen)
+
+
+def test_a_failed_attempt_publishes_nothing_and_the_retry_is_a_new_delivery(
+    bus: EventBus,
+) -> None:
+    attempts: list[int] = []
+
+    @bus.subscribe(name="shop.ship", retry=RetryPolicy(max_attempts=3, initial_delay=30.0))
+    def ship(event: Ordered) -> None:
+        bus.publish(Shipped(order_id=event.order_id))
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionError("carrier down")
+
+    placed = bus.publish(Ordered(order_id="o1")).event
+
+    async def main() -> None:
+        async with working(bus, handlers=["shop.ship"]) as worker:
+            await until(lambda: worker.handled == 2)  # the order, then its child (not ship's)
+
+    asyncio.run(main())
+    assert len(attempts) == 2
+    clock = bus.clock
+    assert isinstance(clock, FakeClock)
+    assert clock.sleeps == [30.0]
+    entries = stream(bus)
+    assert [e["event_type"] for e in entries] == [Ordered.event_type, Shipped.event_type]
+    assert entries[1]["causation_id"] == str(placed.event_id)
+    assert entries[1]["correlation_id"] == str(placed.event_id)
+    assert len(bus.dead_letters) == 0
+
+
+def test_the_last_failed_attempt_is_a_dead_letter_stored_with_the_acknowledgement(
+    bus: EventBus,
+) -> None:
+    @bus.subscribe(name="shop.charge", retry=RetryPolicy(max_attempts=2))
+    async def charge(event: Ordered) -> None:
+        bus.publish(Shipped(order_id=event.order_id))
+        raise ValueError(f"card declined for {event.order_id}")
+
+    bus.publish(Ordered(order_id="o1"))
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 1)
+
+    asyncio.run(main())
+    [letter] = bus.dead_letters
+    assert (letter.handler, letter.attempts, letter.error_message) == (
+        "shop.charge",
+        2,
+        "card declined for o1",
+    )
+    assert letter.event == Ordered(
+        order_id="o1", event_id=letter.event.event_id, occurred_at=letter.event.occurred_at
+    )
+    assert pending(bus, "shop.charge") == 0
+    assert [e["event_type"] for e in stream(bus)] == [Ordered.event_type]  # no child
+
+
+def test_an_unreadable_entry_is_a_dead_letter_keeping_its_fields_and_the_worker_goes_on(
+    bus: EventBus,
+) -> None:
+    seen: list[str] = []
+    bus.subscribe(Ordered, name="shop.record")(lambda event: seen.append(event.order_id))
+    broker = broker_of(bus)
+    garbage = [
+        {"event_type": "nobody.Knows", "payload": "{}"},
+        {"event_type": Ordered.event_type, "payload": "not json"},
+        {"event_type": Ordered.event_type, "payload": json.dumps({"order_id": 7})},
+        {"something": "else"},
+    ]
+    for fields in garbage:
+        broker.client.xadd(broker.keys.stream, fields)  # type: ignore[arg-type]
+    bus.publish(Ordered(order_id="fine"))
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 5)
+
+    asyncio.run(main())
+    assert seen == ["fine"]
+    letters = list(bus.dead_letters)
+    assert len(letters) == 4
+    assert all(isinstance(letter.event, UndefinedEvent) for letter in letters)
+    assert all(letter.error_type.endswith(UnreadableEntryError.__name__) for letter in letters)
+    assert sorted(letter.event_type for letter in letters) == sorted(
+        ["nobody.Knows", Ordered.event_type, Ordered.event_type, "?"]
+    )
+    [first] = [letter.event for letter in letters if letter.event_type == "nobody.Knows"]
+    assert isinstance(first, UndefinedEvent)
+    assert "unknown event type" in first.reason
+    assert first.payload == "{}"
+    assert pending(bus, "shop.record") == 0
+
+
+def test_a_consumers_own_pending_entries_are_run_first_after_a_restart(bus: EventBus) -> None:
+    seen: list[str] = []
+    bus.subscribe(Ordered, name="shop.record", retry=RetryPolicy(max_attempts=3))(
+        lambda event: seen.append(event.order_id)
+    )
+    broker = broker_of(bus)
+    broker.client.xgroup_create(broker.keys.stream, "shop.record", id="0", mkstream=True)
+    bus.publish(Ordered(order_id="held"))
+    # A worker named w1 read it, then died before acknowledging.
+    broker.client.xreadgroup("shop.record", "w1", {broker.keys.stream: ">"})
+
+    async def main() -> None:
+        async with working(bus, name="w1") as worker:
+            await until(lambda: worker.handled == 1)
+
+    asyncio.run(main())
+    assert seen == ["held"]
+    assert pending(bus, "shop.record") == 0
+
+
+def test_an_entry_delivered_more_often_than_its_attempts_allow_is_dead_lettered_unrun(
+    bus: EventBus,
+) -> None:
+    ran: list[str] = []
+    bus.subscribe(Ordered, name="shop.poison", retry=RetryPolicy(max_attempts=2))(
+        lambda event: ran.append(event.order_id)
+    )
+    broker = broker_of(bus)
+    broker.client.xgroup_create(broker.keys.stream, "shop.poison", id="0", mkstream=True)
+    bus.publish(Ordered(order_id="poison"))
+    read: t.Any = broker.client.xreadgroup("shop.poison", "w1", {broker.keys.stream: ">"})
+    [(_, [(entry_id, _)])] = read
+    broker.client.xclaim(broker.keys.stream, "shop.poison", "w1", 0, [entry_id])  # died twice
+
+    async def main() -> None:
+        async with working(bus, name="w1") as worker:
+            await until(lambda: worker.handled == 1)
+
+    asyncio.run(main())
+    assert ran == []
+    [letter] = bus.dead_letters
+    assert letter.attempts == 2
+    assert letter.error_type.endswith(WorkerLostError.__name__)
+    assert "stopped before finishing" in letter.error_message
+
+
+def test_handlers_selects_the_groups_a_worker_runs(bus: EventBus) -> None:
+    bus.subscribe(Ordered, name="catalog.reserve")(lambda event: None)
+    bus.subscribe(Ordered, name="payments.charge")(lambda event: None)
+    worker = Worker(bus, handlers=["catalog.*"])
+    assert [sub.name for sub in worker.subscriptions] == ["catalog.reserve"]
+    with pytest.raises(LookupError, match=r"'ctalog\.\*' matches no handler"):
+        Worker(bus, handlers=["ctalog.*"])
+    with pytest.raises(TypeError, match="a worker runs the handlers of a broker bus"):
+        Worker(EventBus())
+    with pytest.raises(ValueError, match="concurrency must be"):
+        Worker(bus, concurrency=0)
+
+
+@pytest.fixture
+def quick_bus(redis_url: str) -> c.Iterator[EventBus]:
+    """A bus whose entries are taken over after 0.3 s without acknowledgement."""
+    with RedisBroker(redis_url, namespace="q", claim_idle=0.3) as broker:
+        yield EventBus(broker=broker, clock=FakeClock())
+
+
+def test_an_entry_a_dead_worker_held_is_taken_over_after_claim_idle(quick_bus: EventBus) -> None:
+    bus = quick_bus
+    seen: list[str] = []
+    bus.subscribe(Ordered, name="shop.record", retry=RetryPolicy(max_attempts=3))(
+        lambda event: seen.append(event.order_id)
+    )
+    broker = broker_of(bus)
+    broker.client.xgroup_create(broker.keys.stream, "shop.record", id="0", mkstream=True)
+    bus.publish(Ordered(order_id="held"))
+    broker.client.xreadgroup("shop.record", "dead", {broker.keys.stream: ">"})
+
+    async def main() -> None:
+        async with working(bus, name="alive") as worker:
+            await until(lambda: worker.handled == 1)
+
+    asyncio.run(main())
+    assert seen == ["held"]
+    assert pending(bus, "shop.record") == 0
+
+
+def test_a_slow_handler_is_never_handed_to_a_second_worker(quick_bus: EventBus) -> None:
+    bus = quick_bus
+    runs: list[str] = []
+
+    @bus.subscribe(name="shop.slow")
+    async def slow(event: Ordered) -> None:
+        runs.append(event.order_id)
+        await asyncio.sleep(1.2)  # four times claim_idle
+
+    bus.publish(Ordered(order_id="o1"))
+
+    async def main() -> None:
+        async with working(bus, name="one") as first, working(bus, name="two") as second:
+            await until(lambda: first.handled + second.handled == 1)
+
+    asyncio.run(main())
+    assert runs == ["o1"]
+    assert len(bus.dead_letters) == 0
