@@ -1,4 +1,7 @@
-"""The command line: ``python -m eventbus dead-letters list|show|redrive|purge``.
+"""The command line: ``python -m eventbus dead-letters list|show|redrive|purge`` and ``worker``.
+
+``worker MODULE:ATTR`` runs the handlers of a broker bus (``eventbus.redis``)
+until SIGTERM or SIGINT.
 
 It works on one SQLite dead-letter store, ``--db``, and only on it: the
 letters a redrive makes (its handler failed again, or a handler of an event
@@ -291,6 +294,28 @@ def _report(
 
 
 # -- the application and the store --------------------------------------------------
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import logging
+
+    bus = _load_app(args.app)
+    assert bus is not None
+    if bus.broker is None:
+        raise CommandError(
+            f"{args.app} is a bus without a broker: its handlers run in the process that "
+            "publishes; build it with EventBus(broker=RedisBroker(url, namespace=...))"
+        )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    from .redis._worker import serve
+
+    try:
+        return serve(bus, handlers=args.handlers, concurrency=args.concurrency)
+    except (LookupError, ValueError, TypeError) as error:
+        raise CommandError(str(error)) from None
 
 
 def _load_app(spec: str | None) -> EventBus | None:
@@ -680,7 +705,7 @@ def _parser() -> argparse.ArgumentParser:
     raw = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m eventbus",
-        description="Inspect and redrive eventbus dead letters.",
+        description="Run a broker bus's workers; inspect and redrive eventbus dead letters.",
         epilog=_EXIT_STATUS,
         formatter_class=raw,
     )
@@ -733,6 +758,47 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(run=run)
         return sub
+
+    worker = groups.add_parser(
+        "worker",
+        help="run the handlers of a broker bus (Redis) until SIGTERM or SIGINT",
+        description=textwrap.dedent(
+            """\
+            Run the handlers of a broker bus, EventBus(broker=RedisBroker(...)), in this
+            process: each handler reads the namespace's stream in a consumer group named
+            after it, so any number of workers, on any number of machines, share the work.
+
+            SIGTERM or SIGINT stops reading; the entries in flight finish and are
+            acknowledged, and the worker exits 0. A second signal exits at once (status 1),
+            leaving them pending for another worker to take over after claim_idle.
+
+            The worker logs (stderr, level INFO) which handlers, groups and concurrency it
+            runs, entries it takes over from dead workers, and failures."""
+        ),
+        formatter_class=raw,
+    )
+    worker.add_argument(
+        "app",
+        metavar="MODULE:ATTRIBUTE",
+        help="the application's broker bus, imported like uvicorn's app (e.g. shop.app:bus)",
+    )
+    worker.add_argument(
+        "--handlers",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="run only the handlers whose names match GLOB (shell-style, e.g. 'catalog.*'); "
+        "repeatable; by default every handler of the bus",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        metavar="N",
+        help="entries run at once, across the handlers (default 16); the worker reads no "
+        "more than it has room for",
+    )
+    worker.set_defaults(run=_worker)
 
     command("list", _list, "list the letters as a table", [common, filters, as_json])
     show = command("show", _show, "show one letter: event, error, traceback", [common, as_json])

@@ -506,3 +506,45 @@ def _undefined(fields: t.Any, error: Exception) -> UndefinedEvent:
         reason=f"this stream entry cannot be read back into an event: {error}",
         redrivable=False,
     )
+
+
+def serve(bus: EventBus, *, handlers: c.Sequence[str] = (), concurrency: int = 16) -> int:
+    """Run a worker in this process until SIGTERM or SIGINT; the exit status (0: stopped clean).
+
+    The first signal stops reading: the entries in flight finish and are
+    acknowledged, then this returns 0. A second signal exits at once (status
+    1), leaving what was in flight pending, for another worker to take over
+    after ``claim_idle``. The blocking form of ``await Worker(...).run()``,
+    for a program of your own or the command line.
+    """
+    import signal
+
+    worker = Worker(bus, handlers=handlers, concurrency=concurrency)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if worker._stopping is not None and worker._stopping.is_set():
+                logger.warning("worker %s: second signal: exiting now", worker.name)
+                os._exit(1)
+            logger.info(
+                "worker %s: %s: finishing %d entr%s in flight, then exiting",
+                worker.name,
+                signal.Signals(signum).name,
+                len(worker._in_flight),
+                "y" if len(worker._in_flight) == 1 else "ies",
+            )
+            worker.stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            await worker.run()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    asyncio.run(main())
+    logger.info("worker %s: stopped after %d entries", worker.name, worker.handled)
+    return 0
