@@ -21,7 +21,7 @@ from eventbus import Event, EventBus, RetryPolicy, UndefinedEvent
 from eventbus.redis import RedisBroker, UnreadableEntryError, Worker, WorkerLostError
 from eventbus.testing import FakeClock
 
-PATIENCE = 20.0  # seconds a bounded poll waits before it fails
+PATIENCE = 60.0  # seconds a bounded poll waits before it fails
 
 
 class Ordered(Event):
@@ -324,3 +324,91 @@ def test_a_slow_handler_is_never_handed_to_a_second_worker(quick_bus: EventBus) 
     asyncio.run(main())
     assert runs == ["o1"]
     assert len(bus.dead_letters) == 0
+
+
+def publish_many(broker: RedisBroker, numbers: range) -> None:
+    """Append events as fast as a pipeline goes (what a busy publisher does)."""
+    from eventbus.redis._broker import entry
+
+    with broker.client.pipeline(transaction=False) as pipe:
+        for n in numbers:
+            pipe.xadd(broker.keys.stream, entry(Ordered(order_id=str(n))))  # type: ignore[arg-type]
+        pipe.execute()
+
+
+def length(broker: RedisBroker) -> int:
+    return int(t.cast(int, broker.client.xlen(broker.keys.stream)))
+
+
+def test_a_stream_read_by_its_groups_is_trimmed_as_they_go(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventbus.redis import _worker
+
+    monkeypatch.setattr(_worker, "TRIM_EVERY", 0.02)
+    broker = broker_of(bus)
+    done: list[int] = []
+
+    @bus.subscribe(name="shop.count")
+    async def count(event: Ordered) -> None:
+        done.append(1)
+
+    @bus.subscribe(name="shop.audit")
+    async def audit(event: Ordered) -> None:
+        pass
+
+    total = 10_000
+    lengths: list[int] = []
+
+    async def main() -> None:
+        async with working(bus, concurrency=64) as worker:
+            for start in range(0, total, 1000):
+                publish_many(broker, range(start, start + 1000))
+                goal = 2 * (start + 1000)  # both groups acknowledged the batch
+                await until(lambda: worker.handled >= goal)  # noqa: B023  # awaited here
+                await asyncio.sleep(0.05)  # a trim or two
+                lengths.append(length(broker))
+
+    asyncio.run(main())
+    assert len(done) == total
+    assert max(lengths) < 1500, lengths  # a batch and a node or so, not what went through
+
+
+def test_no_entry_still_pending_in_a_group_is_trimmed(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventbus.redis import _worker
+
+    monkeypatch.setattr(_worker, "TRIM_EVERY", 0.02)
+    broker = broker_of(bus)
+    counted: list[int] = []
+    held_seen: list[str] = []
+    bus.subscribe(Ordered, name="shop.count")(lambda event: counted.append(1))
+    bus.subscribe(Ordered, name="shop.held", retry=RetryPolicy(max_attempts=2))(
+        lambda event: held_seen.append(event.order_id)
+    )
+    # A worker of shop.held took the first entry and died: it stays pending in that group.
+    broker.client.xgroup_create(broker.keys.stream, "shop.held", id="0", mkstream=True)
+    first = bus.publish(Ordered(order_id="first")).event
+    broker.client.xreadgroup("shop.held", "dead", {broker.keys.stream: ">"}, count=1)
+    total = 2_000
+
+    async def main() -> None:
+        async with working(bus, handlers=["shop.count"]):
+            publish_many(broker, range(total))
+            await until(lambda: len(counted) == total + 1)
+            await asyncio.sleep(0.1)  # trims
+
+    asyncio.run(main())
+    oldest: t.Any = broker.client.xrange(broker.keys.stream, count=1)
+    assert oldest[0][1][b"payload"] == first.to_json().encode()
+    assert length(broker) == total + 1
+
+    async def again() -> None:  # shop.held's worker runs; the stream empties
+        async with working(bus, handlers=["shop.held"]):
+            await until(lambda: len(held_seen) == total + 1)
+            await until(lambda: length(broker) < 200)
+
+    asyncio.run(again())
+    assert held_seen.count("first") == 1
+    assert pending(bus, "shop.held") == 0

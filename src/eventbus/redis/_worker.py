@@ -58,6 +58,36 @@ logger = logging.getLogger("eventbus.worker")
 #: Entries read at most per read, whatever the free slots.
 BATCH = 100
 
+#: Seconds between two trims of the stream by one worker.
+TRIM_EVERY = 1.0
+
+# Trim the stream of the entries every group has acknowledged, and of nothing else: below
+# the oldest entry still pending in some group, and below what some group has not read
+# yet. A stream without groups is not trimmed (no worker started: nothing is known to be
+# done). KEYS: the stream. Returns how many entries were removed.
+_TRIM = """
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 then return 0 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local floor, floor_ms, floor_seq = nil, nil, nil
+for _, group in ipairs(groups) do
+  local info = {}
+  for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+  local bound = info['last-delivered-id']
+  if info['pending'] > 0 then
+    bound = redis.call('XPENDING', KEYS[1], info['name'])[2]
+  end
+  local ms, seq = parse(bound)
+  if floor == nil or ms < floor_ms or (ms == floor_ms and seq < floor_seq) then
+    floor, floor_ms, floor_seq = bound, ms, seq
+  end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', '~', floor)
+"""
+
 
 class WorkerLostError(EventBusError):
     """The error of a letter whose entry was delivered more times than its handler may run.
@@ -153,6 +183,7 @@ class Worker:
             socket_connect_timeout=timeout,
         )
         self._store_script = self._client.register_script(_ADD)
+        self._trim_script = self._client.register_script(_TRIM)
         self._stream = keys.stream
         logger.info(
             "worker %s: %d handler(s) on %s, concurrency %d: %s",
@@ -163,10 +194,15 @@ class Worker:
             ", ".join(sub.name for sub in self.subscriptions),
         )
         try:
+            # Every handler of the bus has its group, run here or not: entries wait in the
+            # stream (untrimmed) for the handlers whose workers have not started yet.
+            for sub in self.bus.subscriptions:
+                await self._create_group(sub.name)
             readers = [asyncio.create_task(self._group(sub)) for sub in self.subscriptions]
-            heart = asyncio.create_task(self._heartbeat())
+            chores = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._trim())]
             await asyncio.gather(*readers)
-            heart.cancel()
+            for chore in chores:
+                chore.cancel()
             if self._in_flight:
                 await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
         finally:
@@ -184,8 +220,11 @@ class Worker:
             self._start(sub, entry_id, fields, pending=True)
         loop = asyncio.get_running_loop()
         next_claim = loop.time()  # look for entries dead workers left, at once then now and then
+        # A read holds its slots while it blocks: each group reads at most its share, so
+        # that a group with nothing to read never keeps the others from theirs.
+        share = max(1, min(BATCH, self.concurrency // len(self.subscriptions)))
         while not self._stopping.is_set():
-            count = await self._reserve(BATCH)
+            count = await self._reserve(share)
             if count == 0:
                 break
             if loop.time() >= next_claim:
@@ -320,6 +359,15 @@ class Worker:
                     )
                 except redis.RedisError:
                     logger.exception("worker %s: keeping %s's entries failed", self.name, group)
+
+    async def _trim(self) -> None:
+        """Now and then, drop the entries every group acknowledged (never one still pending)."""
+        while True:
+            await asyncio.sleep(TRIM_EVERY)
+            try:
+                await self._trim_script(keys=[self._stream])
+            except redis.RedisError:
+                logger.exception("worker %s: trimming %s failed", self.name, self._stream)
 
     # -- one entry ----------------------------------------------------------------
 
