@@ -337,7 +337,7 @@ def publish_many(broker: RedisBroker, numbers: range) -> None:
 
 
 def length(broker: RedisBroker) -> int:
-    return int(t.cast(int, broker.client.xlen(broker.keys.stream)))
+    return int(broker.client.xlen(broker.keys.stream))
 
 
 def test_a_stream_read_by_its_groups_is_trimmed_as_they_go(
