@@ -214,3 +214,48 @@ def test_a_worker_survives_redis_restarting_and_loses_nothing_redis_kept(
     until(lambda: app.acknowledged_all("audit.count", 80), "audit acked everything")
     assert {n for _, n, _ in app.runs("jobs.run")} == set(range(40))
     assert {n for _, n, _ in app.runs("audit.count")} == set(range(40))
+
+
+def cli(app: App, *arguments: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "REDIS_APP_URL": app.url,
+        "REDIS_APP_NAMESPACE": app.namespace,
+        "PYTHONPATH": ROOT,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "eventbus", "dead-letters", *arguments],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )
+
+
+def test_the_command_line_reaches_a_brokers_letters_by_app_or_by_url(app: App) -> None:
+    from eventbus import DeadLetter
+
+    event = app.Job(n=7)
+    letter = DeadLetter.from_exception(
+        event, "jobs.run", 3, RuntimeError("carrier down"), failed_at=event.occurred_at
+    )
+    app.broker.dead_letters.add(letter)
+    by_app = cli(app, "list", "--app", "tests.redis_app:bus")
+    assert by_app.returncode == 0, by_app.stderr
+    assert str(letter.id)[:8] in by_app.stdout
+    assert "carrier down" in by_app.stdout
+    by_url = cli(app, "list", "--json", "--redis", app.url, "--namespace", app.namespace)
+    assert by_url.returncode == 0, by_url.stderr
+    assert '"handler": "jobs.run"' in by_url.stdout
+    nowhere = cli(app, "list")
+    assert nowhere.returncode == 2
+    assert "which store?" in nowhere.stderr
+
+    redriven = cli(app, "redrive", "--all", "--app", "tests.redis_app:bus")
+    assert redriven.returncode == 0, redriven.stdout + redriven.stderr
+    assert len(app.broker.dead_letters) == 0
+    assert [run[:2] for run in app.runs()] == [("jobs.run", 7)]  # run by the command itself
+    stream = t.cast(list[t.Any], app.client.xrange(app.broker.keys.stream))
+    assert [fields[b"event_type"] for _, fields in stream] == [app.JobDone.event_type.encode()]

@@ -412,3 +412,26 @@ def test_no_entry_still_pending_in_a_group_is_trimmed(
     asyncio.run(again())
     assert held_seen.count("first") == 1
     assert pending(bus, "shop.held") == 0
+
+
+def test_a_letter_is_redriven_from_python_in_the_calling_process(bus: EventBus) -> None:
+    carrier = {"up": False}
+
+    @bus.subscribe(name="shop.ship")
+    def ship(event: Ordered) -> None:
+        if not carrier["up"]:
+            raise ConnectionError("carrier down")
+        bus.publish(Shipped(order_id=event.order_id))
+
+    bus.publish(Ordered(order_id="o1"))
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 1)
+
+    asyncio.run(main())
+    [letter] = bus.dead_letters
+    carrier["up"] = True
+    assert bus.redrive(letter).ok
+    assert len(bus.dead_letters) == 0
+    assert [e["event_type"] for e in stream(bus)][-1] == Shipped.event_type  # via the broker

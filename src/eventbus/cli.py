@@ -3,7 +3,9 @@
 ``worker MODULE:ATTR`` runs the handlers of a broker bus (``eventbus.redis``)
 until SIGTERM or SIGINT.
 
-It works on one SQLite dead-letter store, ``--db``, and only on it: the
+``dead-letters`` works on one dead-letter store, and only on it: a SQLite
+file (``--db``), or a broker's store in Redis (``--redis URL --namespace NS``,
+or the store of the broker bus ``--app`` names, with neither flag). The
 letters a redrive makes (its handler failed again, or a handler of an event
 it published failed) go there too, never to the application's own store.
 ``--app module:attribute`` imports the application's bus the way uvicorn and
@@ -32,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 
 from . import redrive as _redrive
 from .bus import EventBus
-from .dead_letters import DeadLetter, DeadLetterStoreError, UndefinedEvent
+from .dead_letters import DeadLetter, DeadLetterStore, DeadLetterStoreError, UndefinedEvent
 from .dead_letters.sqlite import SQLiteDeadLetterStore
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_STILL_DEAD", "main"]
@@ -79,14 +81,14 @@ def main(argv: c.Sequence[str] | None = None) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    _load_app(args.app)
-    with _store(args.db) as store:
+    bus = _load_app(args.app)
+    with _store(args, bus) as store:
         letters = _matching(list(store), args)
     if args.json:
         _print_json([_record(letter, full=False) for letter in letters])
         return EXIT_OK
     if not letters:
-        print(f"no dead letters in {args.db}" + (" match" if _filtered(args) else ""))
+        print(f"no dead letters in {args.where}" + (" match" if _filtered(args) else ""))
         return EXIT_OK
     now = datetime.now(UTC)
     rows = [
@@ -112,7 +114,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     bus = _load_app(args.app)
-    with _store(args.db) as store:
+    with _store(args, bus) as store:
         [letter] = _resolve(store, [args.id])
     problem = _redrive.redrive_problem(bus, letter)
     if args.json:
@@ -165,11 +167,12 @@ def _redrive_command(args: argparse.Namespace) -> int:
     _require_selection(args, "redrive")
     if args.to_handler is not None and not args.to_handler.strip():
         raise CommandError("--to-handler needs a handler's name, as the bus subscribed it")
-    _require_writable(args.db, "redrive")
+    if args.db is not None:
+        _require_writable(args.db, "redrive")
     outcomes: list[_redrive.RedriveOutcome] = []
     unstored: set[uuid.UUID] = set()  # new letters the store refused (the log has them)
     try:
-        with _store(args.db) as store:
+        with _store(args, bus) as store:
             for letter in _chosen(store, args):  # one at a time: each checked to be still there
                 done = _redrive.redrive_all(bus, store, [letter], to_handler=args.to_handler)
                 for outcome in done:
@@ -193,7 +196,7 @@ def _redrive_command(args: argparse.Namespace) -> int:
     return _report(outcomes, args, unstored)
 
 
-def _has(store: SQLiteDeadLetterStore, letter: DeadLetter) -> bool:
+def _has(store: DeadLetterStore, letter: DeadLetter) -> bool:
     try:
         store.get(letter.id)
     except KeyError:
@@ -202,12 +205,12 @@ def _has(store: SQLiteDeadLetterStore, letter: DeadLetter) -> bool:
 
 
 def _purge(args: argparse.Namespace) -> int:
-    _load_app(args.app)
+    bus = _load_app(args.app)
     _require_selection(args, "purge")
     purged: list[DeadLetter] = []
     gone: list[DeadLetter] = []
     try:
-        with _store(args.db) as store:
+        with _store(args, bus) as store:
             for letter in _chosen(store, args):
                 try:
                     store.remove(letter)
@@ -217,9 +220,9 @@ def _purge(args: argparse.Namespace) -> int:
                     purged.append(letter)
     except CommandError:
         if purged or gone:
-            print(f"purged {len(purged)} dead letter(s) from {args.db} before the error below")
+            print(f"purged {len(purged)} dead letter(s) from {args.where} before the error below")
         raise
-    print(f"purged {len(purged)} dead letter(s) from {args.db}")
+    print(f"purged {len(purged)} dead letter(s) from {args.where}")
     if gone:
         print(
             f"{len(gone)} already gone (purged or redriven by another process meanwhile): "
@@ -258,11 +261,11 @@ def _report(
                 (
                     short,
                     (
-                        f"new dead letter {str(new.id)[:8]} NOT STORED: {args.db} refused it "
+                        f"new dead letter {str(new.id)[:8]} NOT STORED: {args.where} refused it "
                         "(the CRITICAL log line says why); it is lost unless its event is "
                         f"published again: {new.handler} on {new.event_type}: "
                         if new.id in unstored
-                        else f"new dead letter {str(new.id)[:8]} in {args.db}: {new.handler} on "
+                        else f"new dead letter {str(new.id)[:8]} in {args.where}: {new.handler} on "
                         f"{new.event_type}: "
                     )
                     + f"{_short(new.error_type)}: {new.error_message}",
@@ -357,7 +360,47 @@ def _load_app(spec: str | None) -> EventBus | None:
 
 
 @contextlib.contextmanager
-def _store(path: str) -> c.Iterator[SQLiteDeadLetterStore]:
+def _store(args: argparse.Namespace, bus: EventBus | None) -> c.Iterator[DeadLetterStore]:
+    """The store the command works on: ``--db``, ``--redis``, or the broker bus of ``--app``.
+
+    ``args.where`` is set to how messages name it.
+    """
+    chosen = [flag for flag in ("db", "redis") if getattr(args, flag) is not None]
+    if len(chosen) > 1:
+        raise CommandError("give --db or --redis, not both: the command works on one store")
+    if args.db is not None:
+        args.where = args.db
+        with _sqlite(args.db) as store:
+            yield store
+        return
+    if args.redis is None and (bus is None or bus.broker is None):
+        raise CommandError(
+            "which store? give --db PATH (a SQLite store), --redis URL [--namespace NS] "
+            "(a broker's store), or --app MODULE:ATTRIBUTE naming a broker bus"
+        )
+    try:
+        from .redis import BrokerError, RedisDeadLetterStore
+    except ImportError as missing:
+        raise CommandError(str(missing)) from None
+    try:
+        if args.redis is not None:
+            redis_store = RedisDeadLetterStore(args.redis, namespace=args.namespace)
+        else:
+            assert bus is not None
+            if not isinstance(bus.dead_letters, RedisDeadLetterStore):
+                raise CommandError(
+                    f"--app {args.app} is a broker bus whose dead letters are in "
+                    f"{bus.dead_letters!r}; give --db or --redis for that store"
+                )
+            redis_store = bus.dead_letters
+        args.where = repr(redis_store)
+        yield redis_store
+    except (BrokerError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+@contextlib.contextmanager
+def _sqlite(path: str) -> c.Iterator[SQLiteDeadLetterStore]:
     """The store at ``path``, closed after the block; any store error becomes a CommandError.
 
     Errors are caught while the store is used, not only when it opens: a
@@ -712,8 +755,10 @@ def _parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(title="commands", dest="group", required=True, metavar="COMMAND")
     letters = groups.add_parser(
         "dead-letters",
-        help="list, show, redrive or purge the letters of a SQLite store",
-        description="List, show, redrive or purge the letters of a SQLite dead-letter store.",
+        help="list, show, redrive or purge dead letters (SQLite or Redis)",
+        description="List, show, redrive or purge the letters of a dead-letter store: a "
+        "SQLite file (--db), or a broker's store in Redis (--redis URL --namespace NS, or "
+        "--app naming a broker bus).",
         epilog=_EXIT_STATUS,
         formatter_class=raw,
     )
@@ -722,11 +767,22 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", required=True, help="path of the SQLiteDeadLetterStore file")
+    common.add_argument("--db", help="path of a SQLiteDeadLetterStore file")
+    common.add_argument(
+        "--redis",
+        metavar="URL",
+        help="the Redis server of a broker's RedisDeadLetterStore (redis://host:port/db)",
+    )
+    common.add_argument(
+        "--namespace",
+        default="eventbus",
+        help="with --redis: the broker's namespace (default: eventbus)",
+    )
     common.add_argument(
         "--app",
         metavar="MODULE:ATTRIBUTE",
-        help="the application's EventBus, imported like uvicorn's app (e.g. shop.events:bus)",
+        help="the application's EventBus, imported like uvicorn's app (e.g. shop.events:bus); "
+        "for a broker bus, its store is used when neither --db nor --redis is given",
     )
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--event-type", help="only letters of this event_type")
