@@ -259,3 +259,41 @@ def test_the_command_line_reaches_a_brokers_letters_by_app_or_by_url(app: App) -
     assert [run[:2] for run in app.runs()] == [("jobs.run", 7)]  # run by the command itself
     stream = t.cast(list[t.Any], app.client.xrange(app.broker.keys.stream))
     assert [fields[b"event_type"] for _, fields in stream] == [app.JobDone.event_type.encode()]
+
+
+def test_groups_shows_each_handlers_pending_entries_and_lag(app: App) -> None:
+    def groups(*options: str) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "REDIS_APP_URL": app.url, "PYTHONPATH": ROOT}
+        environment["REDIS_APP_NAMESPACE"] = app.namespace
+        return subprocess.run(
+            [sys.executable, "-m", "eventbus", "groups", "tests.redis_app:bus", *options],
+            cwd=ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE,
+            check=False,
+        )
+
+    before = groups()
+    assert before.returncode == 0, before.stderr
+    assert "no consumer groups" in before.stdout
+    worker = app.worker("--handlers", "jobs.*")
+    until(lambda: app.pending("audit.count") == 0, "the worker made every handler's group")
+    for n in range(5):
+        app.bus.publish(app.Job(n=n))
+    until(lambda: app.acknowledged_all("jobs.run", 10), "jobs acked")
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=PATIENCE)
+    shown = groups("--json")
+    assert shown.returncode == 0, shown.stderr
+    import json
+
+    by_handler = {group["handler"]: group for group in json.loads(shown.stdout)}
+    assert by_handler["jobs.run"]["pending"] == 0
+    assert by_handler["jobs.run"]["lag"] == 0
+    assert by_handler["audit.count"]["lag"] == 10  # no audit worker ran: all ten wait
+    assert by_handler["audit.count"]["consumers"] == 0
+    table = groups()
+    assert "audit.count" in table.stdout
+    assert "LAG" in table.stdout

@@ -321,6 +321,39 @@ def _worker(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
 
 
+def _groups(args: argparse.Namespace) -> int:
+    bus = _load_app(args.app)
+    assert bus is not None
+    from .redis import BrokerError, RedisBroker
+    from .redis._worker import groups
+
+    if not isinstance(bus.broker, RedisBroker):
+        raise CommandError(f"{args.app} is not a bus with a RedisBroker: it has no groups")
+    try:
+        found = groups(bus.broker)
+    except BrokerError as error:
+        raise CommandError(str(error)) from None
+    if args.json:
+        _print_json(found)
+        return EXIT_OK
+    if not found:
+        print(f"no consumer groups on {bus.broker!r}: no worker has started yet")
+        return EXIT_OK
+    rows = [
+        (
+            _line(group["handler"]),
+            str(group["pending"]),
+            "?" if group["lag"] is None else str(group["lag"]),
+            str(group["consumers"]),
+        )
+        for group in found
+    ]
+    table, _ = _table(("HANDLER", "PENDING", "LAG", "CONSUMERS"), rows, _width())
+    print(table)
+    print(f"\n{found[0]['stream_length']} entries in the stream of {bus.broker!r}")
+    return EXIT_OK
+
+
 def _load_app(spec: str | None) -> EventBus | None:
     """Import ``module:attribute`` (attribute may be dotted) and return the EventBus there."""
     if not spec:
@@ -855,6 +888,19 @@ def _parser() -> argparse.ArgumentParser:
         "more than it has room for",
     )
     worker.set_defaults(run=_worker)
+    status = groups.add_parser(
+        "groups",
+        help="show each handler's consumer group on a broker: pending entries and lag",
+        description="Show each handler's consumer group on a broker's stream: entries read "
+        "and not acknowledged (pending: running, or held by a worker that died until taken "
+        "over), entries not read yet (lag), and consumers (workers seen).",
+        formatter_class=raw,
+    )
+    status.add_argument(
+        "app", metavar="MODULE:ATTRIBUTE", help="the application's broker bus (e.g. shop.app:bus)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(run=_groups)
 
     command("list", _list, "list the letters as a table", [common, filters, as_json])
     show = command("show", _show, "show one letter: event, error, traceback", [common, as_json])

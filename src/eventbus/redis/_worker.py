@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from .. import signals
 from ..dead_letters.letter import DeadLetter, UndefinedEvent, describe
-from ..errors import EventBusError
+from ..errors import BrokerError, EventBusError
 from ..events import Event, EventSerializationError, UnknownEventTypeError
 from ..failures import _log, attempt_failed
 from ..handlers.selection import select, unmatched_error
@@ -596,3 +596,32 @@ def serve(bus: EventBus, *, handlers: c.Sequence[str] = (), concurrency: int = 1
     asyncio.run(main())
     logger.info("worker %s: stopped after %d entries", worker.name, worker.handled)
     return 0
+
+
+def groups(broker: RedisBroker) -> list[dict[str, t.Any]]:
+    """Each consumer group on the broker's stream: its handler, pending entries, lag, consumers.
+
+    ``lag`` is how many entries the group has not read yet (None when Redis
+    cannot tell, after entries were deleted out of order); ``pending`` how
+    many it read and has not acknowledged (running, or held by a worker
+    that died, until taken over).
+    """
+    client = broker.client
+    try:
+        infos: t.Any = client.xinfo_groups(broker.keys.stream)
+        length = int(client.xlen(broker.keys.stream))
+    except redis.ResponseError:  # no stream yet: nothing was published, no worker started
+        return []
+    except redis.RedisError as error:
+        raise BrokerError(f"could not read the groups of {broker!r}: {error}") from error
+    return [
+        {
+            "handler": info["name"].decode(),
+            "pending": int(info["pending"]),
+            "lag": None if info.get("lag") is None else int(info["lag"]),
+            "consumers": int(info["consumers"]),
+            "last_delivered": info["last-delivered-id"].decode(),
+            "stream_length": length,
+        }
+        for info in infos
+    ]
