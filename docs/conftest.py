@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import typing as t
 
+from tests.redis_server import redis_server, redis_url  # noqa: F401  # for fixture:redis_url
+
 MODULE = "shop"
 
 

@@ -14,44 +14,13 @@ from hypothesis import HealthCheck, settings
 
 from eventbus import EventBus, signals
 from eventbus.testing._state import live_receivers
-from tests import redis_server as redis_server_module
+from tests.redis_server import redis_server, redis_url  # noqa: F401  # the fixtures
 
 # Shared 2-core machines: timing-based health checks would make tests flaky, not stricter.
 settings.register_profile(
     "eventbus", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100
 )
 settings.load_profile("eventbus")
-
-
-@pytest.fixture(scope="session")
-def redis_server(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> c.Iterator[redis_server_module.RedisServer]:
-    """A private redis-server for the whole run, started on first use, stopped at the end.
-
-    Fails (never skips) when no redis-server can be found, saying how to get one.
-    """
-    try:
-        server = redis_server_module.RedisServer(tmp_path_factory.mktemp("redis"))
-    except redis_server_module.RedisServerMissing as missing:
-        pytest.fail(str(missing), pytrace=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server: redis_server_module.RedisServer) -> str:
-    """The private server's URL, with nothing in it: each test starts from an empty server."""
-    import redis
-
-    if redis_server.process is None or redis_server.process.poll() is not None:
-        redis_server.start()  # a test stopped it and did not start it again
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushall()
-    return redis_server.url
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ fails, naming how to install it: it never skips.
 
 from __future__ import annotations
 
+import collections.abc as c
 import os
 import pathlib
 import re
@@ -15,6 +16,8 @@ import signal
 import socket
 import subprocess
 import time
+
+import pytest
 
 #: XAUTOCLAIM came with Redis 6.2.
 MINIMUM = (6, 2)
@@ -144,3 +147,37 @@ class RedisServer:
                 pass
             time.sleep(0.02)
         return False
+
+
+# -- the fixtures (imported by the conftest.py of tests/ and of docs/) ------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> c.Iterator[RedisServer]:
+    """A private redis-server for the whole run, started on first use, stopped at the end.
+
+    Fails (never skips) when no redis-server can be found, saying how to get one.
+    """
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    except RedisServerMissing as missing:
+        pytest.fail(str(missing), pytrace=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private server's URL, with nothing in it: each test starts from an empty server."""
+    import redis
+
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()  # a test stopped it and did not start it again
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
