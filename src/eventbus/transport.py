@@ -17,14 +17,15 @@ from __future__ import annotations
 import collections.abc as c
 import typing as t
 
+from .results import PublishResult
+
 if t.TYPE_CHECKING:
     from .bus import EventBus
     from .dead_letters import DeadLetterStore
     from .events import Event
     from .plans import Plan
-    from .results import PublishResult
 
-__all__ = ["Broker", "Publish", "PublishAsync", "Transport", "announcing"]
+__all__ = ["Broker", "HeldResult", "Publish", "PublishAsync", "Transport", "announcing"]
 
 #: What ``bus.publish(event)`` calls for one event class.
 Publish: t.TypeAlias = c.Callable[["Event"], "PublishResult"]
@@ -64,6 +65,16 @@ class Broker(Transport, t.Protocol):
         ...
 
 
+class HeldResult(PublishResult):
+    """The result of a publish from a handler that a broker holds until the handler succeeds.
+
+    The event is written (and ``event_published`` sent for it) with the
+    handler's acknowledgement, or dropped if the attempt fails.
+    """
+
+    __slots__ = ()
+
+
 def announcing(
     bus: EventBus, publish: Publish, publish_async: PublishAsync
 ) -> tuple[Publish, PublishAsync]:
@@ -78,12 +89,18 @@ def announcing(
 
     def announced(event: Event) -> PublishResult:
         result = publish(event)
-        signals.send(signals.event_published, bus, event=result.event, publisher=publisher.get())
+        if not isinstance(result, HeldResult):  # a held one is announced when it is written
+            signals.send(
+                signals.event_published, bus, event=result.event, publisher=publisher.get()
+            )
         return result
 
     async def announced_async(event: Event) -> PublishResult:
         result = await publish_async(event)
-        signals.send(signals.event_published, bus, event=result.event, publisher=publisher.get())
+        if not isinstance(result, HeldResult):
+            signals.send(
+                signals.event_published, bus, event=result.event, publisher=publisher.get()
+            )
         return result
 
     return announced, announced_async

@@ -14,6 +14,7 @@ from ..errors import BrokerError
 from ..events import Event
 from ..results import PublishResult
 from ..retry import MAX_DELAY, finite_non_negative
+from ..transport import HeldResult
 from ._client import connect, where
 from ._keys import Keys, check_namespace
 from ._store import RedisDeadLetterStore
@@ -31,7 +32,7 @@ class Attempt:
     """One handler's attempt in a worker: what it published waits here for its acknowledgement."""
 
     event: Event
-    children: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    children: list[Event] = dataclasses.field(default_factory=list)
 
 
 #: The attempt of the handler running in this context (a worker sets it).
@@ -131,8 +132,9 @@ class RedisBroker:
     def _buffer(self, attempt: Attempt, event: Event) -> PublishResult:
         if event.causation_id is None or event.correlation_id is None:
             event = _stamped(event, attempt.event)
-        attempt.children.append(entry(event))
-        return PublishResult(event)
+        entry(event)  # an event that cannot be written fails its publish, not the acknowledgement
+        attempt.children.append(event)
+        return HeldResult(event)
 
     # -- lifetime -----------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from ..handlers.selection import select, unmatched_error
 from ..middleware import HandlerCall, chain_async
 from ..results import PublishResult
 from ..retry import RetryPolicy
-from ._broker import Attempt, RedisBroker, running
+from ._broker import Attempt, RedisBroker, entry, running
 from ._store import _ADD
 
 if t.TYPE_CHECKING:
@@ -461,15 +461,15 @@ class Worker:
             running.reset(token)
         return None
 
-    async def _acknowledge(
-        self, group: str, entry_id: bytes, children: list[dict[str, str]]
-    ) -> None:
+    async def _acknowledge(self, group: str, entry_id: bytes, children: list[Event]) -> None:
         async with self._client.pipeline(transaction=True) as pipe:
             for child in children:
-                pipe.xadd(self._stream, child)  # type: ignore[arg-type]
+                pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
             pipe.xack(self._stream, group, entry_id)
             await pipe.execute()
         self.handled += 1
+        for child in children:
+            signals.send(signals.event_published, self.bus, event=child, publisher=group)
 
     async def _dead_letter(
         self,

@@ -10,6 +10,9 @@
 - :class:`FakeClock` and :func:`use_clock`: retry waits that take no time
   and time a test moves forward, on a bus that already exists.
 - :func:`clear_dead_letters` and :func:`assert_no_dead_letters`.
+- :class:`InMemoryBroker` and :func:`use_broker`: a broker bus's delivery
+  (a group per handler, attempts as deliveries, dead letters, children with
+  the acknowledgement) in this process, for tests without a Redis server.
 
 Installing eventbus installs the pytest plugin (``eventbus.testing.plugin``):
 fixtures ``bus``, ``published``, ``fake_clock`` and ``dead_letters``, and a
@@ -23,6 +26,7 @@ on any bus whatever its transport. Nothing here imports pytest.
 
 from __future__ import annotations
 
+from ._broker import InMemoryBroker, use_broker
 from ._capture import Published, capture
 from ._clock import FakeClock, use_clock
 from ._dead_letters import assert_no_dead_letters, clear_dead_letters
@@ -30,11 +34,13 @@ from ._handlers import isolate, override
 
 __all__ = [
     "FakeClock",
+    "InMemoryBroker",
     "Published",
     "assert_no_dead_letters",
     "capture",
     "clear_dead_letters",
     "isolate",
     "override",
+    "use_broker",
     "use_clock",
 ]
