@@ -58,6 +58,9 @@ logger = logging.getLogger("eventbus.worker")
 #: Entries read at most per read, whatever the free slots.
 BATCH = 100
 
+#: The waits, in seconds, before each new try of an acknowledgement Redis did not take.
+ACK_RETRIES = (0.1, 0.5, 2.0, 5.0)
+
 #: Seconds between two trims of the stream by one worker.
 TRIM_EVERY = 1.0
 
@@ -177,11 +180,17 @@ class Worker:
         self._free = self.concurrency
         keys = self.broker.keys
         timeout = self.broker.timeout
-        self._client = aredis.Redis.from_url(
+        # Each group's reader holds a connection while it blocks, each entry may need one
+        # to acknowledge, and the chores one each: a command waits for a free connection
+        # (up to the broker's timeout) rather than failing for want of one.
+        pool = aredis.BlockingConnectionPool.from_url(
             self.broker.url,
+            max_connections=self.concurrency + len(self.subscriptions) + 4,
+            timeout=timeout,
             socket_timeout=self.block + timeout,
             socket_connect_timeout=timeout,
         )
+        self._client = aredis.Redis.from_pool(pool)  # owns it: aclose() closes its connections
         self._store_script = self._client.register_script(_ADD)
         self._trim_script = self._client.register_script(_TRIM)
         self._stream = keys.stream
@@ -462,11 +471,32 @@ class Worker:
         return None
 
     async def _acknowledge(self, group: str, entry_id: bytes, children: list[Event]) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:
-            for child in children:
-                pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
-            pipe.xack(self._stream, group, entry_id)
-            await pipe.execute()
+        """Acknowledge a success, with its children, in one MULTI/EXEC.
+
+        The handler succeeded: a Redis that does not answer is asked again,
+        with backoff, rather than leaving the entry to run again; if it
+        stays away, the entry stays pending (and runs again: at least once).
+        """
+        for wait in (*ACK_RETRIES, None):
+            try:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for child in children:
+                        pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
+                    pipe.xack(self._stream, group, entry_id)
+                    await pipe.execute()
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                if wait is None:
+                    raise
+                logger.warning(
+                    "worker %s: acknowledging entry %s of %s failed (%s); again in %gs",
+                    self.name,
+                    entry_id.decode(),
+                    group,
+                    describe(error),
+                    wait,
+                )
+                await asyncio.sleep(wait)
         self.handled += 1
         for child in children:
             signals.send(signals.event_published, self.bus, event=child, publisher=group)
