@@ -154,7 +154,10 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.block = block
         self._free = concurrency
-        self._slots: asyncio.Condition | None = None  # made by run(), in the loop it runs in
+        self._slots: asyncio.Event | None = None  # set while a slot is free; made by run()
+        # Per group: acknowledgements waiting to be written together, and who writes them.
+        self._commits: dict[str, list[tuple[bytes, list[Event], asyncio.Future[None]]]] = {}
+        self._committers: dict[str, asyncio.Task[None]] = {}
         self._stopping: asyncio.Event | None = None
         self._in_flight: dict[tuple[str, bytes], asyncio.Task[None]] = {}
         self.handled = 0  # entries acknowledged, for tests and the status line
@@ -176,7 +179,8 @@ class Worker:
     async def run(self) -> None:
         """Run the handlers until :meth:`stop`; return once the entries in flight are done."""
         self._stopping = asyncio.Event()
-        self._slots = asyncio.Condition()
+        self._slots = asyncio.Event()
+        self._slots.set()
         self._free = self.concurrency
         keys = self.broker.keys
         timeout = self.broker.timeout
@@ -253,7 +257,7 @@ class Worker:
                     block=int(self.block * 1000),
                 )
             except redis.RedisError:
-                await self._release(count)
+                self._release(count)
                 logger.exception("worker %s: reading %s failed; trying again", self.name, sub.name)
                 await asyncio.sleep(0.5)
                 continue
@@ -261,7 +265,7 @@ class Worker:
             for entry_id, fields in _entries(read):
                 self._start(sub, entry_id, fields, pending=False)
                 started += 1
-            await self._release(count - started)
+            self._release(count - started)
 
     async def _reclaim(self, sub: Subscription, most: int) -> int:
         """Take over up to ``most`` entries idle for ``claim_idle`` (their workers died).
@@ -304,22 +308,21 @@ class Worker:
         """Take up to ``most`` slots, waiting for one; 0 when stopping."""
         assert self._slots is not None
         assert self._stopping is not None
-        async with self._slots:
-            while self._free == 0 and not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slots.wait(), timeout=self.block)
-            if self._stopping.is_set():
-                return 0
-            taken = min(most, self._free)
-            self._free -= taken
-            return taken
+        while self._free == 0 and not self._stopping.is_set():
+            self._slots.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slots.wait(), timeout=self.block)
+        if self._stopping.is_set():
+            return 0
+        taken = min(most, self._free)
+        self._free -= taken
+        return taken
 
-    async def _release(self, count: int) -> None:
+    def _release(self, count: int) -> None:
         if count:
             assert self._slots is not None
-            async with self._slots:
-                self._free += count
-                self._slots.notify_all()
+            self._free += count
+            self._slots.set()
 
     def _start(
         self,
@@ -349,7 +352,7 @@ class Worker:
                     describe(failure),
                     exc_info=failure,
                 )
-            asyncio.get_running_loop().create_task(self._release(1))
+            self._release(1)
 
         task.add_done_callback(done)
 
@@ -471,35 +474,64 @@ class Worker:
         return None
 
     async def _acknowledge(self, group: str, entry_id: bytes, children: list[Event]) -> None:
-        """Acknowledge a success, with its children, in one MULTI/EXEC.
+        """Acknowledge a success, with its children, in a MULTI/EXEC; return once written.
 
-        The handler succeeded: a Redis that does not answer is asked again,
-        with backoff, rather than leaving the entry to run again; if it
-        stays away, the entry stays pending (and runs again: at least once).
+        The acknowledgements of a group that come in while one is being
+        written go together in the next MULTI/EXEC: each entry's children and
+        its XACK are in one transaction still, and a busy worker makes one
+        round trip for many entries.
         """
-        for wait in (*ACK_RETRIES, None):
-            try:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    for child in children:
-                        pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
-                    pipe.xack(self._stream, group, entry_id)
-                    await pipe.execute()
-                break
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                if wait is None:
-                    raise
-                logger.warning(
-                    "worker %s: acknowledging entry %s of %s failed (%s); again in %gs",
-                    self.name,
-                    entry_id.decode(),
-                    group,
-                    describe(error),
-                    wait,
-                )
-                await asyncio.sleep(wait)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commits.setdefault(group, []).append((entry_id, children, future))
+        committer = self._committers.get(group)
+        if committer is None or committer.done():
+            self._committers[group] = asyncio.create_task(self._commit(group))
+        await future
         self.handled += 1
-        for child in children:
-            signals.send(signals.event_published, self.bus, event=child, publisher=group)
+
+    async def _commit(self, group: str) -> None:
+        """Write what is waiting for ``group``, batch after batch, until nothing is left.
+
+        The handlers succeeded: a Redis that does not answer is asked again,
+        with backoff, rather than leaving the entries to run again; if it
+        stays away, they stay pending (and run again: at least once).
+        """
+        while batch := self._commits.pop(group, None):
+            failure: BaseException | None = None
+            for wait in (*ACK_RETRIES, None):
+                try:
+                    async with self._client.pipeline(transaction=True) as pipe:
+                        for _, children, _ in batch:
+                            for child in children:
+                                pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
+                        pipe.xack(self._stream, group, *(entry_id for entry_id, _, _ in batch))
+                        await pipe.execute()
+                    failure = None
+                    break
+                except (redis.ConnectionError, redis.TimeoutError) as error:
+                    failure = error
+                    if wait is None:
+                        break
+                    logger.warning(
+                        "worker %s: acknowledging %d entr%s of %s failed (%s); again in %gs",
+                        self.name,
+                        len(batch),
+                        "y" if len(batch) == 1 else "ies",
+                        group,
+                        describe(error),
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
+                except Exception as error:  # not Redis being away: do not ask again
+                    failure = error
+                    break
+            for _, children, future in batch:
+                if failure is not None:
+                    future.set_exception(failure)
+                    continue
+                future.set_result(None)
+                for child in children:
+                    signals.send(signals.event_published, self.bus, event=child, publisher=group)
 
     async def _dead_letter(
         self,
