@@ -12,6 +12,7 @@ import asyncio
 import collections.abc as c
 import contextlib
 import json
+import logging
 import time
 import typing as t
 
@@ -435,3 +436,29 @@ def test_a_letter_is_redriven_from_python_in_the_calling_process(bus: EventBus) 
     assert bus.redrive(letter).ok
     assert len(bus.dead_letters) == 0
     assert [e["event_type"] for e in stream(bus)][-1] == Shipped.event_type  # via the broker
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it_and_logs_it_once(
+    bus: EventBus, redis_server: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="eventbus.worker")
+    seen: list[str] = []
+    bus.subscribe(Ordered, name="shop.record")(lambda event: seen.append(event.order_id))
+    redis_server.stop()
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await asyncio.sleep(1.0)  # a few tries, with backoff
+            redis_server.start()
+            await asyncio.to_thread(bus.publish, Ordered(order_id="o1"))
+            await until(lambda: worker.handled == 1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        if redis_server.process is None:
+            redis_server.start()
+    assert seen == ["o1"]
+    down = [r for r in caplog.records if "Redis does not answer" in r.getMessage()]
+    assert len(down) == 1, [r.getMessage() for r in down]
+    assert any("Redis answers again" in r.getMessage() for r in caplog.records)

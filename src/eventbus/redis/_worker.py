@@ -210,7 +210,10 @@ class Worker:
             # Every handler of the bus has its group, run here or not: entries wait in the
             # stream (untrimmed) for the handlers whose workers have not started yet.
             for sub in self.bus.subscriptions:
-                await self._create_group(sub.name)
+                if not await self._patiently(
+                    f"creating the group of {sub.name}", self._create_group, sub.name
+                ):
+                    return
             readers = [asyncio.create_task(self._group(sub)) for sub in self.subscriptions]
             chores = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._trim())]
             await asyncio.gather(*readers)
@@ -226,16 +229,30 @@ class Worker:
     async def _group(self, sub: Subscription) -> None:
         """Read ``sub``'s group: this consumer's own pending entries first, then new ones."""
         assert self._stopping is not None
-        await self._create_group(sub.name)
-        own = await self._client.xreadgroup(sub.name, self.name, {self._stream: "0"})
-        for entry_id, fields in _entries(own):
-            await self._reserve(1)
-            self._start(sub, entry_id, fields, pending=True)
+        after = b"0"
+        while True:  # this consumer's own pending entries (a restart), a page at a time
+            own = await self._patiently(
+                f"reading {sub.name}'s own pending entries",
+                self._client.xreadgroup,
+                sub.name,
+                self.name,
+                {self._stream: after},
+                count=BATCH,
+            )
+            entries = _entries(own)
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                if await self._reserve(1) == 0:
+                    return
+                self._start(sub, entry_id, fields, pending=True)
+            after = entries[-1][0]
         loop = asyncio.get_running_loop()
         next_claim = loop.time()  # look for entries dead workers left, at once then now and then
         # A read holds its slots while it blocks: each group reads at most its share, so
         # that a group with nothing to read never keeps the others from theirs.
         share = max(1, min(BATCH, self.concurrency // len(self.subscriptions)))
+        backoff = _Backoff(self, f"reading {sub.name}")
         while not self._stopping.is_set():
             count = await self._reserve(share)
             if count == 0:
@@ -256,16 +273,36 @@ class Worker:
                     count=count,
                     block=int(self.block * 1000),
                 )
-            except redis.RedisError:
+            except (redis.ConnectionError, redis.TimeoutError) as error:
                 self._release(count)
-                logger.exception("worker %s: reading %s failed; trying again", self.name, sub.name)
-                await asyncio.sleep(0.5)
+                if not await backoff.failed(error):
+                    return
                 continue
+            backoff.succeeded()
             started = 0
             for entry_id, fields in _entries(read):
                 self._start(sub, entry_id, fields, pending=False)
                 started += 1
             self._release(count - started)
+
+    async def _patiently(
+        self, doing: str, action: c.Callable[..., c.Awaitable[t.Any]], *args: t.Any, **kw: t.Any
+    ) -> t.Any:
+        """``await action(...)``, again with backoff while Redis does not answer.
+
+        Returns what it returned (True for None), or None if the worker is
+        stopped meanwhile.
+        """
+        backoff = _Backoff(self, doing)
+        while True:
+            try:
+                done = await action(*args, **kw)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                if not await backoff.failed(error):
+                    return None
+                continue
+            backoff.succeeded()
+            return True if done is None else done
 
     async def _reclaim(self, sub: Subscription, most: int) -> int:
         """Take over up to ``most`` entries idle for ``claim_idle`` (their workers died).
@@ -578,6 +615,40 @@ def _entries(read: object) -> list[Entry]:
     """The entries of an XREADGROUP reply on the one stream (redis-py types it loosely)."""
     replies = t.cast(list[tuple[bytes, list[Entry]]] | None, read)
     return [item for _, items in replies or () for item in items]
+
+
+class _Backoff:
+    """Waits between tries while Redis does not answer: 0.1 s, doubling up to 5 s.
+
+    Logs once when Redis stops answering and once when it answers again,
+    not at every try.
+    """
+
+    def __init__(self, worker: Worker, doing: str) -> None:
+        self.worker, self.doing = worker, doing
+        self.wait, self.failing = 0.1, False
+
+    async def failed(self, error: BaseException) -> bool:
+        """Wait before the next try; False if the worker was stopped meanwhile."""
+        stopping = self.worker._stopping
+        assert stopping is not None
+        if not self.failing:
+            logger.warning(
+                "worker %s: %s failed, Redis does not answer (%s); trying again with backoff",
+                self.worker.name,
+                self.doing,
+                describe(error),
+            )
+            self.failing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=self.wait)
+        self.wait = min(self.wait * 2, 5.0)
+        return not stopping.is_set()
+
+    def succeeded(self) -> None:
+        if self.failing:
+            logger.info("worker %s: Redis answers again (%s)", self.worker.name, self.doing)
+            self.wait, self.failing = 0.1, False
 
 
 def _decode(fields: t.Any) -> Event:
