@@ -13,6 +13,8 @@ import json
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventbus import (
     Broker,
@@ -92,6 +94,88 @@ def test_a_publish_redis_cannot_take_raises_broker_error(
     assert "the event was not published" in str(raised.value)
     with redis.Redis.from_url(redis_url) as client:
         assert client.xlen("eventbus:shop:events") == 0
+
+
+def order_ids(broker: RedisBroker) -> list[str]:
+    return [json.loads(f[b"payload"])["order_id"] for f in entries(broker)]
+
+
+def test_overlapping_async_publishes_share_a_round_trip_and_keep_their_order(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = EventBus(broker=broker)
+    writes: list[int] = []
+    write = broker._write
+
+    def counted(batch: list[dict[str, str]]) -> list[object]:
+        writes.append(len(batch))
+        return write(batch)
+
+    monkeypatch.setattr(broker, "_write", counted)
+    events = [OrderPlaced(order_id=str(n)) for n in range(200)]
+
+    async def main() -> list[PublishResult]:
+        return await asyncio.gather(*(bus.publish_async(event) for event in events))
+
+    results = asyncio.run(main())
+    assert [result.event for result in results] == events
+    assert all(result.ok for result in results)
+    assert order_ids(broker) == [str(n) for n in range(200)]
+    assert sum(writes) == 200
+    assert len(writes) <= 2, writes  # one pipeline for the lot (two if the first went alone)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(waves=st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=8))
+def test_async_publishes_land_once_each_in_call_order_however_they_overlap(
+    broker: RedisBroker, waves: list[int]
+) -> None:
+    broker.client.delete(broker.keys.stream)
+    bus = EventBus(broker=broker)
+
+    async def main() -> None:
+        started: list[asyncio.Task[PublishResult]] = []
+        n = 0
+        for size in waves:  # each wave starts while the ones before may still be written
+            for _ in range(size):
+                started.append(asyncio.create_task(bus.publish_async(OrderPlaced(order_id=str(n)))))
+                n += 1
+            await asyncio.sleep(0)
+        await asyncio.gather(*started)
+
+    asyncio.run(main())
+    assert order_ids(broker) == [str(n) for n in range(sum(waves))]
+
+
+def test_an_entry_redis_refuses_fails_its_own_publish_only(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = EventBus(broker=broker)
+    write = broker._write
+
+    def refusing_the_second(batch: list[dict[str, str]]) -> list[object]:
+        replies = write(batch)
+        if len(batch) > 1:
+            replies[1] = redis.ResponseError("OOM command not allowed")  # as Redis would say
+        return replies
+
+    monkeypatch.setattr(broker, "_write", refusing_the_second)
+
+    async def main() -> list[PublishResult | BaseException]:
+        return await asyncio.gather(
+            *(bus.publish_async(OrderPlaced(order_id=str(n))) for n in range(3)),
+            return_exceptions=True,
+        )
+
+    first, second, third = asyncio.run(main())
+    assert isinstance(first, PublishResult)
+    assert isinstance(third, PublishResult)
+    assert isinstance(second, BrokerError)
+    assert isinstance(second.__cause__, redis.ResponseError)
+    assert "OrderPlaced" in str(second)
+    assert "OOM" in str(second)
 
 
 def test_a_publish_after_redis_restarted_reconnects(

@@ -375,6 +375,26 @@ def test_a_stream_read_by_its_groups_is_trimmed_as_they_go(
     assert max(lengths) < 1500, lengths  # a batch and a node or so, not what went through
 
 
+def test_a_busy_worker_trims_after_so_many_acknowledgements_without_waiting_for_the_clock(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventbus.redis import _worker
+
+    monkeypatch.setattr(_worker, "TRIM_EVERY", 3600.0)  # the timer alone would never trim here
+    monkeypatch.setattr(_worker, "TRIM_AFTER", 500)
+    broker = broker_of(bus)
+    bus.subscribe(Ordered, name="shop.count")(lambda event: None)
+
+    async def main() -> None:
+        async with working(bus, concurrency=64) as worker:
+            await until(lambda: bool(broker.client.exists(broker.keys.stream)))  # its group
+            publish_many(broker, range(3_000))
+            await until(lambda: worker.handled == 3_000)
+            await until(lambda: length(broker) < 600)  # trimmed by count, to a node or so
+
+    asyncio.run(main())
+
+
 def test_no_entry_still_pending_in_a_group_is_trimmed(
     bus: EventBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import dataclasses
 import typing as t
+import weakref
 
 import redis
 
@@ -54,7 +55,11 @@ class RedisBroker:
     An event Redis does not take raises :class:`~eventbus.BrokerError`,
     with the cause, after about three times ``timeout`` seconds at most (a
     dropped connection is tried again on a new one twice first).
-    ``publish_async`` waits in a worker thread, so the event loop runs on.
+    ``publish_async`` waits in a worker thread, so the event loop runs on,
+    and the calls of one event loop that overlap share a round trip: while
+    one batch is being written, the events published meanwhile wait for the
+    next, which is written as one pipeline (each call still returns only
+    once Redis has its own entry).
 
     ``namespace`` keeps apart the buses that share a server (its keys all
     start with ``eventbus:{namespace}:``). ``claim_idle`` is how many
@@ -83,6 +88,10 @@ class RedisBroker:
         self.claim_idle = float(claim_idle)
         self.timeout = float(timeout)
         self._client = connect(url, timeout)
+        # Per event loop: the events of publish_async waiting for the next write.
+        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = (
+            weakref.WeakKeyDictionary()
+        )
         self._dead_letters = RedisDeadLetterStore(url, namespace=namespace, timeout=timeout)
 
     @property
@@ -115,19 +124,65 @@ class RedisBroker:
         try:
             self._client.xadd(self.keys.stream, fields)  # type: ignore[arg-type]
         except redis.RedisError as error:
-            raise BrokerError(
-                f"could not publish {event.event_type} (event_id={event.event_id}) to "
-                f"{self!r}: {type(error).__name__}: {error}; the event was not published. "
-                "Check that the Redis server is running and reachable at that address"
-            ) from error
+            raise self._failed(event, error) from error
         return PublishResult(event)
 
+    def _failed(self, event: Event, error: Exception) -> BrokerError:
+        return BrokerError(
+            f"could not publish {event.event_type} (event_id={event.event_id}) to "
+            f"{self!r}: {type(error).__name__}: {error}; the event was not published. "
+            "Check that the Redis server is running and reachable at that address"
+        )
+
     async def publish_async(self, event: Event, /) -> PublishResult:
-        """``publish`` from asyncio: the round trip waits in a worker thread."""
+        """``publish`` from asyncio: overlapping calls are written together, in a thread.
+
+        A call cancelled while it waits may still have been written (it was
+        in a batch under way): at least once, as for a timeout of ``publish``.
+        """
         attempt = running.get()
         if attempt is not None:
             return self._buffer(attempt, event)
-        return await asyncio.to_thread(self.publish, event)
+        fields = entry(event)  # an event that cannot be written fails here, alone
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = _Batch()
+        future: asyncio.Future[None] = loop.create_future()
+        batch.waiting.append((event, fields, future))
+        if batch.writer is None or batch.writer.done():
+            batch.writer = loop.create_task(self._write_batches(batch))
+        await future
+        return PublishResult(event)
+
+    async def _write_batches(self, batch: _Batch) -> None:
+        while batch.waiting:
+            items, batch.waiting = batch.waiting, []
+            try:
+                replies = await asyncio.to_thread(self._write, [fields for _, fields, _ in items])
+            except redis.RedisError as error:  # the pipeline failed as a whole
+                replies = [error] * len(items)
+            except BaseException as error:  # not Redis: still, no call may wait forever
+                for _, _, future in items:
+                    if not future.done():
+                        future.set_exception(error)
+                raise
+            for (event, _, future), reply in zip(items, replies, strict=True):
+                if future.done():  # its caller was cancelled
+                    continue
+                if isinstance(reply, Exception):
+                    failure = self._failed(event, reply)
+                    failure.__cause__ = reply
+                    future.set_exception(failure)
+                else:
+                    future.set_result(None)
+
+    def _write(self, entries: list[dict[str, str]]) -> list[object]:
+        """XADD each of ``entries`` in one pipeline; a reply or an error per entry."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for fields in entries:
+                pipe.xadd(self.keys.stream, fields)  # type: ignore[arg-type]
+            return list(pipe.execute(raise_on_error=False))
 
     def _buffer(self, attempt: Attempt, event: Event) -> PublishResult:
         if event.causation_id is None or event.correlation_id is None:
@@ -151,6 +206,16 @@ class RedisBroker:
 
     def __repr__(self) -> str:
         return f"<RedisBroker {where(self.url)} namespace={self.namespace!r}>"
+
+
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    """The events of one event loop's ``publish_async`` calls waiting to be written."""
+
+    waiting: list[tuple[Event, dict[str, str], asyncio.Future[None]]] = dataclasses.field(
+        default_factory=list
+    )
+    writer: asyncio.Task[None] | None = None
 
 
 def entry(event: Event) -> dict[str, str]:

@@ -41,7 +41,7 @@ from ..errors import BrokerError, EventBusError
 from ..events import Event, EventSerializationError, UnknownEventTypeError
 from ..failures import _log, attempt_failed
 from ..handlers.selection import select, unmatched_error
-from ..middleware import HandlerCall, chain_async
+from ..middleware import HandlerCall, Middleware, chain_async
 from ..results import PublishResult
 from ..retry import RetryPolicy
 from ._broker import Attempt, RedisBroker, entry, running
@@ -61,8 +61,11 @@ BATCH = 100
 #: The waits, in seconds, before each new try of an acknowledgement Redis did not take.
 ACK_RETRIES = (0.1, 0.5, 2.0, 5.0)
 
-#: Seconds between two trims of the stream by one worker.
+#: Seconds between two trims of the stream by one worker, at the most.
 TRIM_EVERY = 1.0
+
+#: A worker trims sooner once it acknowledged this many entries since its last trim.
+TRIM_AFTER = 1_000
 
 # Trim the stream of the entries every group has acknowledged, and of nothing else: below
 # the oldest entry still pending in some group, and below what some group has not read
@@ -150,6 +153,11 @@ class Worker:
         self.subscriptions: tuple[Subscription, ...] = tuple(
             {sub.name: sub for sub in chosen}.values()  # one group per handler name
         )
+        # Decided once: each handler's retry policy and (at run) its middleware.
+        self._policies = {
+            sub.name: sub.retry or bus.default_retry or RetryPolicy() for sub in self.subscriptions
+        }
+        self._middleware: dict[str, list[Middleware]] = {}
         self.concurrency = concurrency
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.block = block
@@ -159,6 +167,8 @@ class Worker:
         self._commits: dict[str, list[tuple[bytes, list[Event], asyncio.Future[None]]]] = {}
         self._committers: dict[str, asyncio.Task[None]] = {}
         self._stopping: asyncio.Event | None = None
+        self._acked_since_trim = 0
+        self._trim_soon: asyncio.Event | None = None  # set after TRIM_AFTER acknowledgements
         self._in_flight: dict[tuple[str, bytes], asyncio.Task[None]] = {}
         self.handled = 0  # entries acknowledged, for tests and the status line
 
@@ -181,7 +191,12 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slots = asyncio.Event()
         self._slots.set()
+        self._trim_soon = asyncio.Event()
         self._free = self.concurrency
+        self._middleware = {
+            sub.name: [m for m in self.bus.middleware if m.applies_to(sub)]
+            for sub in self.subscriptions
+        }
         keys = self.broker.keys
         timeout = self.broker.timeout
         # Each group's reader holds a connection while it blocks, each entry may need one
@@ -410,9 +425,18 @@ class Worker:
                     logger.exception("worker %s: keeping %s's entries failed", self.name, group)
 
     async def _trim(self) -> None:
-        """Now and then, drop the entries every group acknowledged (never one still pending)."""
+        """Drop the entries every group acknowledged (never one still pending).
+
+        Every ``TRIM_EVERY`` seconds, or sooner once this worker acknowledged
+        ``TRIM_AFTER`` entries: a busy stream stays short, an idle one costs
+        a script call a second.
+        """
+        assert self._trim_soon is not None
         while True:
-            await asyncio.sleep(TRIM_EVERY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._trim_soon.wait(), timeout=TRIM_EVERY)
+            self._trim_soon.clear()
+            self._acked_since_trim = 0
             try:
                 await self._trim_script(keys=[self._stream])
             except redis.RedisError:
@@ -455,7 +479,7 @@ class Worker:
             attempt = await self._deliveries(group, entry_id)
         else:
             attempt = 1
-        policy = sub.retry or self.bus.default_retry or RetryPolicy()
+        policy = self._policies[group]
         while True:
             if attempt > policy.max_attempts:
                 lost = WorkerLostError(
@@ -487,7 +511,7 @@ class Worker:
         self, sub: Subscription, event: Event, attempt: int, run: Attempt
     ) -> Exception | None:
         """Run one attempt of ``sub`` on ``event``; its error, or None."""
-        middleware = [m for m in self.bus.middleware if m.applies_to(sub)]
+        middleware = self._middleware[sub.name]
 
         async def innermost(event: Event, call: HandlerCall) -> None:
             if sub.is_async:
@@ -562,6 +586,10 @@ class Worker:
                 except Exception as error:  # not Redis being away: do not ask again
                     failure = error
                     break
+            if failure is None:
+                self._acked_since_trim += len(batch)
+                if self._acked_since_trim >= TRIM_AFTER and self._trim_soon is not None:
+                    self._trim_soon.set()
             for _, children, future in batch:
                 if failure is not None:
                     future.set_exception(failure)
