@@ -23,14 +23,15 @@ demo: $(STAMP)
 diagram: $(STAMP)
 	$(BIN)/python -m examples.cart.diagram --write docs/cart.md
 
-# Benchmarks against blinker, pyee and bubus (the `bench` extra); writes docs/performance.md.
+# Benchmarks against blinker, pyee and bubus, and on Redis against FastStream and raw redis-py
+# (the `bench` extra); writes docs/performance.md.
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) redis-server
 	$(BIN)/python benchmarks/bench.py --repetitions 7 --write docs/performance.md
 
 # The Redis tests start a private redis-server; this installs the program when missing.

@@ -41,6 +41,10 @@ import uuid
 
 from pydantic import BaseModel, Field
 
+if __package__ in (None, ""):  # run as a script: the Redis benchmarks are a module beside it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import redis_bench
 from eventbus import Event, EventBus, InMemoryDeadLetterStore, RetryPolicy, Trace, signals
 
 
@@ -893,7 +897,17 @@ def environment(argv: c.Sequence[str]) -> str:
             return "not installed"
 
     packages = ", ".join(
-        f"{name} {version(name)}" for name in ("eventbus", "pydantic", "blinker", "pyee", "bubus")
+        f"{name} {version(name)}"
+        for name in (
+            "eventbus",
+            "pydantic",
+            "blinker",
+            "pyee",
+            "bubus",
+            "redis",
+            "hiredis",
+            "faststream",
+        )
     )
     return (
         f"- command: `{shlex.join(['python', 'benchmarks/bench.py', *argv])}`\n"
@@ -916,6 +930,11 @@ def main(argv: c.Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, help="for the memory case")
     parser.add_argument("--write", metavar="PATH", help="render docs/performance.md here")
+    parser.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="skip the benchmarks on Redis (benchmarks/redis_bench.py; needs redis-server)",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     least = 3 if args.quick else 5
@@ -945,12 +964,20 @@ def main(argv: c.Sequence[str] | None = None) -> int:
     results = table(rows)
     checks = targets(rows)
     memory_text = memory_table(points)
+    redis_text = "Not run (`--no-redis`)."
+    if not args.no_redis:
+        redis_settings = redis_bench.QUICK if args.quick else redis_bench.FULL
+        redis_text = redis_bench.report(
+            redis_bench.run(redis_settings, repetitions), redis_settings
+        )
     env = environment(argv)
-    print(results, checks, memory_text, env, sep="\n\n")
+    print(results, checks, memory_text, redis_text, env, sep="\n\n")
     if args.write:
         with open(os.path.join(os.path.dirname(__file__), "performance.md.in")) as source:
             template = source.read()
-        page = template.format(environment=env, results=results, targets=checks, memory=memory_text)
+        page = template.format(
+            environment=env, results=results, targets=checks, memory=memory_text, redis=redis_text
+        )
         with open(args.write, "w") as out:
             out.write(page)
         print(f"\nwrote {args.write}", file=sys.stderr)

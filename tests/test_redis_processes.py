@@ -8,6 +8,7 @@ records each run before doing its job). Waits are bounded polls.
 from __future__ import annotations
 
 import collections.abc as c
+import json
 import os
 import pathlib
 import signal
@@ -139,6 +140,37 @@ def test_a_worker_killed_mid_stream_loses_nothing(app: App) -> None:
     handled = {n for _, n, _ in app.runs("jobs.run")}
     assert handled == set(range(20))  # at least once each, the killed ones again
     assert len(app.bus.dead_letters) == 0
+    # The killed attempts published nothing: one child per job, from its one successful run.
+    stream = t.cast(list[t.Any], app.client.xrange(app.broker.keys.stream))
+    done_type = app.JobDone.event_type.encode()
+    children = [fields for _, fields in stream if fields[b"event_type"] == done_type]
+    done = sorted(json.loads(fields[b"payload"])["n"] for fields in children)
+    assert done == list(range(20))
+
+
+def test_garbage_entries_become_dead_letters_and_the_worker_goes_on(app: App) -> None:
+    worker = app.worker("--handlers", "jobs.*")
+    stream = app.broker.keys.stream
+    job_type = app.Job.event_type
+    garbage: list[dict[str, str]] = [
+        {"event_type": "no.such.event", "payload": "{}"},
+        {"event_type": job_type, "payload": "not json"},
+        {"event_type": job_type, "payload": '{"n": "seven"}'},
+        {"junk": "1"},
+    ]
+    for fields in garbage:
+        app.client.xadd(stream, fields)  # type: ignore[arg-type]
+    app.bus.publish(app.Job(n=7))
+    until(lambda: app.acknowledged_all("jobs.run", 4 + 1 + 1), "the garbage, the job, its child")
+    assert worker.poll() is None  # still running
+    assert [n for _, n, _ in app.runs("jobs.run")] == [7]
+    letters = list(app.bus.dead_letters)
+    assert len(letters) == 4
+    assert {letter.error_type for letter in letters} == {
+        "eventbus.redis._worker.UnreadableEntryError"
+    }
+    assert {letter.handler for letter in letters} == {"jobs.run"}
+    assert {letter.event_type for letter in letters} == {"no.such.event", job_type, "?"}
 
 
 def test_a_poison_event_that_kills_every_worker_ends_as_one_dead_letter(app: App) -> None:
@@ -287,7 +319,6 @@ def test_groups_shows_each_handlers_pending_entries_and_lag(app: App) -> None:
     worker.wait(timeout=PATIENCE)
     shown = groups("--json")
     assert shown.returncode == 0, shown.stderr
-    import json
 
     by_handler = {group["handler"]: group for group in json.loads(shown.stdout)}
     assert by_handler["jobs.run"]["pending"] == 0
