@@ -224,10 +224,12 @@ class FastStream:
         self.handled, self.arrived = 0, 0.0
         source = StreamSub(self.stream, group="g", consumer="c", max_records=COUNT)
 
-        @self.broker.subscriber(stream=source)
         async def noop(event: Tick) -> None:
             self.arrived = time.perf_counter()
             self.handled += 1
+
+        # Not as a decorator: without the bench extra, mypy sees FastStream as Any.
+        self.broker.subscriber(stream=source)(noop)
 
     async def start(self) -> None:
         await self.broker.start()
