@@ -280,6 +280,28 @@ def test_handlers_selects_the_groups_a_worker_runs(bus: EventBus) -> None:
         Worker(bus, concurrency=0)
 
 
+def test_with_fewer_slots_than_groups_a_caught_up_group_never_starves_the_others(
+    bus: EventBus,
+) -> None:
+    ran: list[str] = []
+    bus.subscribe(Ordered, name="catalog.reserve")(lambda event: ran.append("reserve"))
+    bus.subscribe(Ordered, name="payments.charge")(lambda event: ran.append("charge"))
+    for number in range(5):
+        bus.publish(Ordered(order_id=f"o{number}"))
+
+    async def main() -> None:
+        async with working(bus, handlers=["catalog.*"]) as worker:
+            await until(lambda: worker.handled == 5)
+        # catalog's group has nothing left to read; its reader, first in turn and idle,
+        # gives its one slot back after each blocking read, and payments' reader gets it.
+        async with working(bus, concurrency=1) as worker:
+            await until(lambda: worker.handled == 5)
+
+    asyncio.run(main())
+    assert ran == ["reserve"] * 5 + ["charge"] * 5
+    assert pending(bus, "payments.charge") == 0
+
+
 @pytest.fixture
 def quick_bus(redis_url: str) -> c.Iterator[EventBus]:
     """A bus whose entries are taken over after 0.3 s without acknowledgement."""

@@ -22,6 +22,7 @@ is still running.
 from __future__ import annotations
 
 import asyncio
+import collections
 import collections.abc as c
 import contextlib
 import dataclasses
@@ -162,7 +163,9 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.block = block
         self._free = concurrency
-        self._slots: asyncio.Event | None = None  # set while a slot is free; made by run()
+        # Readers waiting for slots, served in turn: a group with nothing to read, releasing
+        # its slots after a blocking read, queues behind the others instead of retaking them.
+        self._waiting: collections.deque[tuple[int, asyncio.Future[int]]] = collections.deque()
         # Per group: acknowledgements waiting to be written together, and who writes them.
         self._commits: dict[str, list[tuple[bytes, list[Event], asyncio.Future[None]]]] = {}
         self._committers: dict[str, asyncio.Task[None]] = {}
@@ -185,12 +188,15 @@ class Worker:
         """
         if self._stopping is not None:
             self._stopping.set()
+        while self._waiting:
+            _, waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(0)
 
     async def run(self) -> None:
         """Run the handlers until :meth:`stop`; return once the entries in flight are done."""
         self._stopping = asyncio.Event()
-        self._slots = asyncio.Event()
-        self._slots.set()
+        self._waiting.clear()
         self._trim_soon = asyncio.Event()
         self._free = self.concurrency
         self._middleware = {
@@ -357,24 +363,36 @@ class Worker:
                 raise
 
     async def _reserve(self, most: int) -> int:
-        """Take up to ``most`` slots, waiting for one; 0 when stopping."""
-        assert self._slots is not None
+        """Take up to ``most`` slots, waiting for one in turn; 0 when stopping."""
         assert self._stopping is not None
-        while self._free == 0 and not self._stopping.is_set():
-            self._slots.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slots.wait(), timeout=self.block)
         if self._stopping.is_set():
             return 0
-        taken = min(most, self._free)
-        self._free -= taken
-        return taken
+        if self._free and not self._waiting:
+            taken = min(most, self._free)
+            self._free -= taken
+            return taken
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append((most, waiter))
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(waiter.result())  # granted as it was cancelled: hand them on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove((most, waiter))
+            raise
 
     def _release(self, count: int) -> None:
-        if count:
-            assert self._slots is not None
-            self._free += count
-            self._slots.set()
+        """Give back ``count`` slots, to the readers waiting first."""
+        self._free += count
+        while self._free and self._waiting:
+            most, waiter = self._waiting.popleft()
+            if waiter.done():
+                continue
+            taken = min(most, self._free)
+            self._free -= taken
+            waiter.set_result(taken)
 
     def _start(
         self,
