@@ -120,3 +120,30 @@ def test_drain_can_run_some_handlers_and_refuses_a_running_loop() -> None:
         InMemoryBroker().drain()
     with pytest.raises(TypeError, match="takes an EventBus"):
         use_broker(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["drain", "drain_async"])
+def test_an_idempotent_handler_runs_once_per_event_on_the_in_memory_broker(
+    use_async: bool,
+) -> None:
+    bus, _ = app()
+    charged: list[str] = []
+
+    @bus.subscribe(idempotent=True, name="app.charge")
+    async def charge(event: Placed) -> None:
+        charged.append(event.order_id)
+        bus.publish(Shipped(order_id=event.order_id))
+
+    real_inbox = bus.inbox
+    with use_broker(bus) as broker:
+        assert bus.inbox is broker.inbox  # the broker's, not the Redis one, while installed
+        placed = Placed(order_id="o1")
+        bus.publish(placed)
+        bus.publish(placed)  # one event, two entries
+        asyncio.run(broker.drain_async()) if use_async else broker.drain()
+        assert charged == ["o1"]
+        assert broker.inbox.seen("app.charge", placed.event_id)
+        shipped = [e for e in broker.entries if isinstance(e, Shipped)]
+        assert len(shipped) == 3  # app.ship's for each entry (not idempotent), charge's once
+        assert len(bus.dead_letters) == 0
+    assert bus.inbox is real_inbox

@@ -41,6 +41,7 @@ from .events import (
     new_event_id,
 )
 from .handlers import Handler, HandlerRegistry, Subscription
+from .inbox import AlreadyHandled, Inbox, InboxError, InMemoryInbox
 from .middleware import HandlerCall, Middleware
 from .results import PublishResult
 from .retry import MAX_DELAY, RetryPolicy
@@ -48,12 +49,14 @@ from .transport import Broker, Transport
 
 if t.TYPE_CHECKING:
     from .dead_letters.sqlite import SQLiteDeadLetterStore, SQLiteDeadLetterStoreError
+    from .inbox.sqlite import SQLiteInbox
     from .tracing import Trace, TracedEvent, TracedFailure, TracedHandler
 
 __all__ = [
     "JSON_DEPTH_LIMIT",
     "MAX_DELAY",
     "NO_HANDLER",
+    "AlreadyHandled",
     "Broker",
     "BrokerError",
     "CascadeDepthError",
@@ -74,6 +77,9 @@ __all__ = [
     "HandlerRegistry",
     "HandlerTimeoutError",
     "InMemoryDeadLetterStore",
+    "InMemoryInbox",
+    "Inbox",
+    "InboxError",
     "LocalTransport",
     "Middleware",
     "PublishResult",
@@ -82,6 +88,7 @@ __all__ = [
     "RetryPolicy",
     "SQLiteDeadLetterStore",
     "SQLiteDeadLetterStoreError",
+    "SQLiteInbox",
     "Subscription",
     "SyncPublishError",
     "SystemClock",
@@ -102,6 +109,7 @@ __all__ = [
 _LAZY = {
     "SQLiteDeadLetterStore": ".dead_letters.sqlite",
     "SQLiteDeadLetterStoreError": ".dead_letters.sqlite",
+    "SQLiteInbox": ".inbox.sqlite",
     "Trace": ".tracing",
     "TracedEvent": ".tracing",
     "TracedFailure": ".tracing",

@@ -22,6 +22,8 @@ from .context import current, loop_is_running
 from .dead_letters import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore
 from .failures import gave_up
 from .handlers.registry import HandlerRegistry
+from .idempotency import Idempotent
+from .inbox import Inbox, InMemoryInbox
 from .middleware import Middleware
 from .plans import Plan, compile_plan, refuse_awaitable
 from .redrive import RedriveOutcome
@@ -69,6 +71,10 @@ class EventBus(HandlerRegistry):
     - ``broker``: a :class:`Broker` (``eventbus.redis.RedisBroker``):
       ``publish`` hands events to it and workers run the handlers; its
       store is the bus's ``dead_letters`` unless one is given.
+    - ``inbox``: where the handlers subscribed with ``idempotent=True``
+      record what they handled (an :class:`~eventbus.inbox.Inbox`); the
+      broker's inbox on a broker bus that has one, else an
+      :class:`~eventbus.inbox.InMemoryInbox`.
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class EventBus(HandlerRegistry):
         middleware: c.Iterable[Middleware] = (),
         transport: Transport | None = None,
         broker: Broker | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         super().__init__()
         if broker is not None:
@@ -98,6 +105,13 @@ class EventBus(HandlerRegistry):
             transport = broker
             if dead_letters is None:
                 dead_letters = broker.dead_letters
+            if inbox is None:
+                inbox = getattr(broker, "inbox", None)
+        if inbox is not None and not isinstance(inbox, Inbox):
+            raise TypeError(
+                f"inbox must be an Inbox (seen, record), got {inbox!r}; e.g. "
+                "inbox=eventbus.inbox.SQLiteInbox('app.db')"
+            )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
         if isinstance(max_cascade_depth, bool) or not isinstance(max_cascade_depth, int):
@@ -122,6 +136,8 @@ class EventBus(HandlerRegistry):
         self._middleware: tuple[Middleware, ...] = ()
         self._transport: Transport = transport if transport is not None else LocalTransport()
         self._broker = broker
+        self._inbox: Inbox = inbox if inbox is not None else InMemoryInbox()
+        self._idempotent = Idempotent(self._inbox)
         # The compiled plan of each event class published so far (see plans.py).
         self._compiled: dict[type, Plan] = {}
         for layer in middleware:
@@ -304,6 +320,11 @@ class EventBus(HandlerRegistry):
     def dead_letters(self) -> DeadLetterStore:
         """The store of this bus's dead letters (``len()``, iteration)."""
         return self._dead_letters
+
+    @property
+    def inbox(self) -> Inbox:
+        """Where this bus's idempotent handlers record the events they handled."""
+        return self._inbox
 
     @property
     def default_retry(self) -> RetryPolicy | None:

@@ -94,7 +94,9 @@ def compile_plan(
         policy = sub.retry or default_retry
         if policy is not None and policy.max_attempts == 1:
             policy = None  # one attempt: nothing to retry, the plain path may take it
-        layers: list[Middleware] = [hooks] if hooks is not None else []
+        layers: list[Middleware] = [bus._idempotent] if sub.idempotent else []
+        if hooks is not None:
+            layers.append(hooks)
         layers += [m for m in middleware if m.applies_to(sub)]
         plain = policy is None and not layers and sub.timeout is None and not sub.run_in_thread
         if plain and not sub.is_async:

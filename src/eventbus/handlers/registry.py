@@ -56,6 +56,7 @@ class HandlerRegistry:
         run_in_thread: bool = ...,
         timeout: float | None = ...,
         name: str | None = ...,
+        idempotent: bool = ...,
     ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     @t.overload
@@ -69,6 +70,7 @@ class HandlerRegistry:
         run_in_thread: bool = ...,
         timeout: float | None = ...,
         name: str | None = ...,
+        idempotent: bool = ...,
     ) -> c.Callable[t.Concatenate[E, P], R]: ...
 
     @t.overload
@@ -81,6 +83,7 @@ class HandlerRegistry:
         run_in_thread: bool = ...,
         timeout: float | None = ...,
         name: str | None = ...,
+        idempotent: bool = ...,
     ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     def subscribe(
@@ -93,6 +96,7 @@ class HandlerRegistry:
         run_in_thread: bool = False,
         timeout: float | None = None,
         name: str | None = None,
+        idempotent: bool = False,
     ) -> t.Any:
         """Register a handler; usable bare, with an event class, or with options.
 
@@ -126,6 +130,9 @@ class HandlerRegistry:
           ``__main__``. Give a stable name to a handler whose qualified name
           is not unique (a lambda, a method of several instances) or may
           change (a function you may rename while its letters wait).
+        - ``idempotent``: skip an event this handler already handled (its
+          name and the event's id are recorded in the bus's ``inbox`` once it
+          succeeded): for handlers that must not act twice on a redelivery.
 
         Returns the handler unchanged. Raises ``TypeError`` at once for a
         handler that cannot be called with one event, an annotation that is
@@ -141,6 +148,7 @@ class HandlerRegistry:
             "run_in_thread": run_in_thread,
             "timeout": timeout,
             "name": name,
+            "idempotent": idempotent,
         }
         if isinstance(target, type):
             if not issubclass(target, Event):
@@ -258,6 +266,7 @@ class HandlerRegistry:
         run_in_thread: bool,
         timeout: float | None,
         name: str | None,
+        idempotent: bool,
     ) -> None:
         with self._lock:
             sub = Subscription.create(
@@ -268,6 +277,7 @@ class HandlerRegistry:
                 run_in_thread=run_in_thread,
                 timeout=timeout,
                 name=name,
+                idempotent=idempotent,
                 sequence=next(self._sequence),
                 caller_locals=namespace,
             )

@@ -47,6 +47,7 @@ class Subscription:
     is_async: bool
     sequence: int
     timeout: float | None = None
+    idempotent: bool = False
 
     @classmethod
     def create(
@@ -61,6 +62,7 @@ class Subscription:
         timeout: float | None = None,
         caller_locals: c.Mapping[str, object] | None = None,
         name: str | None = None,
+        idempotent: bool = False,
     ) -> Subscription:
         """Check ``handler`` and its options; raise ``TypeError`` naming the fix."""
         if not callable(handler):
@@ -81,6 +83,10 @@ class Subscription:
             raise TypeError(
                 f"cannot subscribe {name}: retry must be a RetryPolicy, got {retry!r}; "
                 "write retry=RetryPolicy(max_attempts=3)"
+            )
+        if not isinstance(idempotent, bool):
+            raise TypeError(
+                f"cannot subscribe {name}: idempotent must be True or False, got {idempotent!r}"
             )
         is_async = _is_async(handler)
         if run_in_thread and is_async:
@@ -137,6 +143,7 @@ class Subscription:
             is_async=is_async,
             sequence=sequence,
             timeout=float(timeout) if timeout is not None else None,
+            idempotent=idempotent,
         )
 
     def receives(self, event_class: type[Event]) -> bool:

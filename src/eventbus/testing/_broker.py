@@ -25,7 +25,9 @@ from ..cascade import _stamped
 from ..dead_letters import DeadLetter, InMemoryDeadLetterStore
 from ..failures import _log, attempt_failed
 from ..handlers.selection import select, unmatched_error
-from ..middleware import HandlerCall, chain, chain_async
+from ..idempotency import Idempotent
+from ..inbox import InMemoryInbox
+from ..middleware import HandlerCall, Middleware, chain, chain_async
 from ..results import PublishResult
 from ..retry import RetryPolicy
 from ..transport import HeldResult
@@ -66,7 +68,9 @@ class InMemoryBroker:
         assert len(bus.dead_letters) == 0
 
     ``entries`` is the stream (every event accepted, in order);
-    ``deliveries`` counts the attempts per (handler, event id).
+    ``deliveries`` counts the attempts per (handler, event id); ``inbox``
+    (an :class:`~eventbus.InMemoryInbox`) is where idempotent handlers
+    record what they handled, in place of the broker's.
     """
 
     def __init__(self) -> None:
@@ -74,6 +78,7 @@ class InMemoryBroker:
         self.deliveries: dict[tuple[str, t.Any], int] = {}
         self._read: dict[str, int] = {}  # group -> entries it has read
         self._dead_letters = InMemoryDeadLetterStore()
+        self.inbox = InMemoryInbox()
         self._bus: EventBus | None = None
 
     @property
@@ -183,7 +188,8 @@ class InMemoryBroker:
     async def _attempt(
         self, bus: EventBus, sub: Subscription, event: Event, attempt: int, run: _Attempt
     ) -> Exception | None:
-        middleware = [m for m in bus.middleware if m.applies_to(sub)]
+        middleware: list[Middleware] = [bus._idempotent] if sub.idempotent else []  # outermost
+        middleware += [m for m in bus.middleware if m.applies_to(sub)]
         call = HandlerCall(bus, sub, PublishResult(event), attempt)
         token = _running.set(run)
         try:
@@ -257,14 +263,15 @@ def use_broker(
 
 @contextlib.contextmanager
 def _using(bus: EventBus, broker: InMemoryBroker) -> c.Iterator[InMemoryBroker]:
-    before = (bus._transport, bus._broker, bus._dead_letters)
+    before = (bus._transport, bus._broker, bus._dead_letters, bus._inbox, bus._idempotent)
 
-    def install(transport: t.Any, owner: t.Any, store: t.Any) -> None:
+    def install(transport: t.Any, owner: t.Any, store: t.Any, inbox: t.Any, layer: t.Any) -> None:
         with bus._lock:
             bus._transport, bus._broker, bus._dead_letters = transport, owner, store
+            bus._inbox, bus._idempotent = inbox, layer
             bus._invalidate()
 
-    install(broker, broker, broker.dead_letters)
+    install(broker, broker, broker.dead_letters, broker.inbox, Idempotent(broker.inbox))
     broker._bus = bus
     change = _state.Change(f"use_broker({broker!r})", bus, lambda: install(*before))
     _state.add(change)

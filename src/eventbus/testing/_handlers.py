@@ -142,6 +142,7 @@ def _fake_subscription(original: Subscription, fake: object) -> Subscription:
             run_in_thread=False,
             sequence=original.sequence,
             name=original.name,
+            idempotent=original.idempotent,
         )
     except TypeError as error:  # subscribe's words, about the fake
         message = str(error).replace(

@@ -1,0 +1,90 @@
+"""Idempotent handlers: the layer that skips an event its handler already handled.
+
+A subscription made with ``idempotent=True`` gets this layer outermost in
+its chain (decided when the plan is compiled). Each attempt first asks the
+bus's inbox whether (handler, event id) is recorded: if so the handler is
+not called and the run counts as done. Otherwise the handler runs with the
+run's :class:`~eventbus.inbox.protocol.Handling` current (what
+``SQLiteInbox.transaction()`` reads), and after it returned the record is
+written, unless a transaction of the inbox committed it already with the
+handler's own writes.
+
+So: a duplicate that comes after the record is skipped. What can still
+run twice is a run that stopped (a crash, a kill) after its side effects
+and before the record, unless the side effects and the record are one
+transaction (``SQLiteInbox.transaction()``); and two runs of one event at
+the same instant, both before either recorded, unless they write in such a
+transaction (the second one's commit fails and it is skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from .inbox.protocol import AlreadyHandled, Handling, Inbox, handling
+from .middleware import AsyncCallNext, CallNext, HandlerCall, Middleware
+
+if t.TYPE_CHECKING:
+    from .events import Event
+    from .handlers.subscription import Subscription
+
+__all__ = ["Idempotent"]
+
+logger = logging.getLogger("eventbus.idempotency")
+
+
+class Idempotent(Middleware):
+    """Skip what ``inbox`` says was handled; record what succeeds (see the module)."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    def applies_to(self, subscription: Subscription, /) -> bool:
+        return subscription.idempotent
+
+    def handle(self, call_next: CallNext, event: Event, call: HandlerCall, /) -> None:
+        name = call.subscription.name
+        if self.inbox.seen(name, event.event_id):
+            _skipped(name, event)
+            return
+        state = Handling(self.inbox, name, event.event_id)
+        token = handling.set(state)
+        try:
+            call_next(event, call)
+        except AlreadyHandled:
+            _skipped(name, event)
+            return
+        finally:
+            handling.reset(token)
+        if not state.recorded:
+            self.inbox.record(name, event.event_id)
+
+    async def handle_async(
+        self, call_next: AsyncCallNext, event: Event, call: HandlerCall, /
+    ) -> None:
+        name = call.subscription.name
+        if self.inbox.seen(name, event.event_id):
+            _skipped(name, event)
+            return
+        state = Handling(self.inbox, name, event.event_id)
+        token = handling.set(state)
+        try:
+            await call_next(event, call)
+        except AlreadyHandled:
+            _skipped(name, event)
+            return
+        finally:
+            handling.reset(token)
+        if not state.recorded:
+            self.inbox.record(name, event.event_id)
+
+
+def _skipped(handler: str, event: Event) -> None:
+    logger.info(
+        "%s already handled %s (event_id=%s): skipped",
+        handler,
+        event.event_type,
+        event.event_id,
+        extra={"handler": handler, "event_id": str(event.event_id)},
+    )
