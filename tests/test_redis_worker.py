@@ -13,6 +13,8 @@ import collections.abc as c
 import contextlib
 import json
 import logging
+import pathlib
+import sqlite3
 import time
 import typing as t
 
@@ -504,3 +506,97 @@ def test_a_worker_started_while_redis_is_down_waits_for_it_and_logs_it_once(
     down = [r for r in caplog.records if "Redis does not answer" in r.getMessage()]
     assert len(down) == 1, [r.getMessage() for r in down]
     assert any("Redis answers again" in r.getMessage() for r in caplog.records)
+
+
+# -- idempotent handlers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("handler_kind", ["sync", "async"])
+def test_an_event_delivered_twice_runs_an_idempotent_handler_once(
+    bus: EventBus, handler_kind: str
+) -> None:
+    broker = broker_of(bus)
+    runs: list[str] = []
+
+    def charge(event: Ordered) -> None:
+        runs.append(event.order_id)
+        bus.publish(Shipped(order_id=event.order_id))
+
+    async def charge_async(event: Ordered) -> None:
+        charge(event)
+
+    bus.subscribe(Ordered, idempotent=True, name="shop.charge")(
+        charge if handler_kind == "sync" else charge_async
+    )
+    assert bus.inbox is broker.inbox
+    ordered = Ordered(order_id="o1")
+    bus.publish(ordered)
+    bus.publish(ordered)  # the same event again (an outbox that sent it twice, say)
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 3)  # two entries and the one child
+
+    asyncio.run(main())
+    assert runs == ["o1"]
+    assert [entry["event_type"] for entry in stream(bus)].count(Shipped.event_type) == 1
+    key = broker.inbox.key("shop.charge", ordered.event_id)
+    ttl = int(broker.client.pttl(key))
+    assert 0 < ttl <= broker.inbox.retention_ms  # written with the acknowledgement, expiring
+    assert pending(bus, "shop.charge") == 0
+
+
+def test_a_failed_idempotent_handler_leaves_no_record(bus: EventBus) -> None:
+    broker = broker_of(bus)
+
+    @bus.subscribe(idempotent=True, name="shop.charge")
+    def charge(event: Ordered) -> None:
+        raise ConnectionError("gateway down")
+
+    ordered = Ordered(order_id="o1")
+    bus.publish(ordered)
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 1)
+
+    asyncio.run(main())
+    assert len(bus.dead_letters) == 1
+    assert not broker.inbox.seen("shop.charge", ordered.event_id)
+
+
+def test_a_worker_commits_an_sqlite_transaction_once_for_duplicates(
+    redis_url: str, tmp_path: pathlib.Path
+) -> None:
+    from eventbus import SQLiteInbox
+
+    path = tmp_path / "shop.db"
+    inbox = SQLiteInbox(path)
+    with RedisBroker(redis_url, namespace="tx") as broker:
+        bus = EventBus(broker=broker, inbox=inbox)
+
+        @bus.subscribe(idempotent=True, name="shop.record")
+        async def record(event: Ordered) -> None:
+            with inbox.transaction() as db:
+                db.execute("CREATE TABLE IF NOT EXISTS orders (id TEXT)")
+                db.execute("INSERT INTO orders VALUES (?)", (event.order_id,))
+
+        @bus.subscribe(idempotent=True, name="shop.weak")
+        def weak(event: Ordered) -> None:
+            pass  # no transaction: recorded after its acknowledgement
+
+        ordered = Ordered(order_id="o1")
+        for _ in range(3):
+            bus.publish(ordered)
+
+        async def main() -> None:
+            async with working(bus, concurrency=1) as worker:
+                await until(lambda: worker.handled == 6)
+
+        asyncio.run(main())
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT id FROM orders").fetchall() == [("o1",)]
+        assert inbox.seen("shop.record", ordered.event_id)
+        assert inbox.seen("shop.weak", ordered.event_id)
+        assert not broker.inbox.seen("shop.record", ordered.event_id)  # not the broker's
+    inbox.close()

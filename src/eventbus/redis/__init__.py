@@ -18,6 +18,7 @@ except ImportError as missing:  # pragma: no cover - the dev environment has it
 
 from ..errors import BrokerError
 from ._broker import RedisBroker
+from ._inbox import RedisInbox
 from ._store import RedisDeadLetterStore, RedisDeadLetterStoreError
 from ._worker import UnreadableEntryError, Worker, WorkerLostError
 
@@ -26,6 +27,7 @@ __all__ = [
     "RedisBroker",
     "RedisDeadLetterStore",
     "RedisDeadLetterStoreError",
+    "RedisInbox",
     "UnreadableEntryError",
     "Worker",
     "WorkerLostError",

@@ -17,6 +17,7 @@ from ..results import PublishResult
 from ..retry import MAX_DELAY, finite_non_negative
 from ..transport import HeldResult
 from ._client import connect, where
+from ._inbox import RedisInbox
 from ._keys import Keys, check_namespace
 from ._store import RedisDeadLetterStore
 
@@ -34,6 +35,9 @@ class Attempt:
 
     event: Event
     children: list[Event] = dataclasses.field(default_factory=list)
+    #: An idempotent handler's run: skipped as a duplicate, or recorded by an inbox transaction.
+    skipped: bool = False
+    recorded: bool = False
 
 
 #: The attempt of the handler running in this context (a worker sets it).
@@ -66,7 +70,9 @@ class RedisBroker:
     seconds an entry handed to a worker may go unacknowledged before another
     worker takes it over (a worker that died); a live worker keeps the
     entries it is running fresh, however long they take.
-    ``dead_letters`` is the namespace's :class:`RedisDeadLetterStore`.
+    ``dead_letters`` is the namespace's :class:`RedisDeadLetterStore`, and
+    ``inbox`` its :class:`RedisInbox` (records kept a week), which a bus
+    built on this broker uses for its idempotent handlers.
     """
 
     def __init__(
@@ -93,11 +99,17 @@ class RedisBroker:
             weakref.WeakKeyDictionary()
         )
         self._dead_letters = RedisDeadLetterStore(url, namespace=namespace, timeout=timeout)
+        self._inbox = RedisInbox(url, namespace=namespace, timeout=timeout)
 
     @property
     def dead_letters(self) -> RedisDeadLetterStore:
         """Where this broker's workers keep dead letters."""
         return self._dead_letters
+
+    @property
+    def inbox(self) -> RedisInbox:
+        """Where the idempotent handlers of this broker's bus record what they handled."""
+        return self._inbox
 
     @property
     def client(self) -> redis.Redis:
@@ -194,9 +206,10 @@ class RedisBroker:
     # -- lifetime -----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connections of the broker and of its store."""
+        """Close the connections of the broker, of its store and of its inbox."""
         self._client.close()
         self._dead_letters.close()
+        self._inbox.close()
 
     def __enter__(self) -> t.Self:
         return self

@@ -42,10 +42,14 @@ from ..errors import BrokerError, EventBusError
 from ..events import Event, EventSerializationError, UnknownEventTypeError
 from ..failures import _log, attempt_failed
 from ..handlers.selection import select, unmatched_error
+from ..idempotency import _skipped
+from ..inbox import InMemoryInbox
+from ..inbox.protocol import AlreadyHandled, Handling, handling
 from ..middleware import HandlerCall, Middleware, chain_async
 from ..results import PublishResult
 from ..retry import RetryPolicy
 from ._broker import Attempt, RedisBroker, entry, running
+from ._inbox import RedisInbox
 from ._store import _ADD
 
 if t.TYPE_CHECKING:
@@ -159,6 +163,11 @@ class Worker:
             sub.name: sub.retry or bus.default_retry or RetryPolicy() for sub in self.subscriptions
         }
         self._middleware: dict[str, list[Middleware]] = {}
+        # An inbox on the stream's server is written in the acknowledgement's MULTI/EXEC.
+        inbox = bus.inbox
+        self._inbox = inbox
+        self._inbox_here = isinstance(inbox, RedisInbox) and inbox.url == broker.url
+        self._record_ms = inbox.retention_ms if isinstance(inbox, RedisInbox) else 0
         self.concurrency = concurrency
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.block = block
@@ -167,12 +176,13 @@ class Worker:
         # its slots after a blocking read, queues behind the others instead of retaking them.
         self._waiting: collections.deque[tuple[int, asyncio.Future[int]]] = collections.deque()
         # Per group: acknowledgements waiting to be written together, and who writes them.
-        self._commits: dict[str, list[tuple[bytes, list[Event], asyncio.Future[None]]]] = {}
+        self._commits: dict[str, list[_Commit]] = {}
         self._committers: dict[str, asyncio.Task[None]] = {}
         self._stopping: asyncio.Event | None = None
         self._acked_since_trim = 0
         self._trim_soon: asyncio.Event | None = None  # set after TRIM_AFTER acknowledgements
         self._in_flight: dict[tuple[str, bytes], asyncio.Task[None]] = {}
+        self._idempotent_runs: dict[tuple[str, uuid.UUID], asyncio.Future[None]] = {}
         self.handled = 0  # entries acknowledged, for tests and the status line
 
     # -- running ------------------------------------------------------------------
@@ -490,6 +500,32 @@ class Worker:
             await self._client.xack(self._stream, group, entry_id)
             self.handled += 1
             return
+        if not sub.idempotent:
+            await self._run(sub, entry_id, event, pending=pending, claimed=claimed)
+            return
+        # One run at a time per (handler, event) here: a duplicate read with it waits for it,
+        # then finds its record (or runs, if it failed).
+        key = (group, event.event_id)
+        while (earlier := self._idempotent_runs.get(key)) is not None:
+            await asyncio.shield(earlier)
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idempotent_runs[key] = finished  # before any await: the next duplicate waits
+        try:
+            if await self._seen(group, event):  # a duplicate: acknowledged unrun
+                _skipped(group, event)
+                await self._client.xack(self._stream, group, entry_id)
+                self.handled += 1
+                return
+            await self._run(sub, entry_id, event, pending=pending, claimed=claimed)
+        finally:
+            del self._idempotent_runs[key]
+            finished.set_result(None)
+
+    async def _run(
+        self, sub: Subscription, entry_id: bytes, event: Event, *, pending: bool, claimed: bool
+    ) -> None:
+        """The attempts of ``sub`` on the entry's event, until acknowledged or dead-lettered."""
+        group = sub.name
         if pending:  # this consumer's own, from before a restart: a new delivery
             await self._client.xclaim(self._stream, group, self.name, 0, [entry_id])
             attempt = await self._deliveries(group, entry_id)
@@ -510,7 +546,13 @@ class Worker:
             attempt_run = Attempt(event)
             error = await self._attempt(sub, event, attempt, attempt_run)
             if error is None:
-                await self._acknowledge(group, entry_id, attempt_run.children)
+                record = sub.idempotent and not (attempt_run.skipped or attempt_run.recorded)
+                key = None
+                if record and self._inbox_here:
+                    key = t.cast(RedisInbox, self._inbox).key(group, event.event_id)
+                await self._acknowledge(group, entry_id, attempt_run.children, key)
+                if record and key is None:
+                    await self._record(group, event)
                 signals.send(
                     signals.handler_succeeded, self.bus, event=event, handler=sub.name,
                     attempts=attempt,
@@ -542,18 +584,66 @@ class Worker:
                 await asyncio.to_thread(sub.handler, event)
 
         call = HandlerCall(self.bus, sub, PublishResult(event), attempt)
+        state = Handling(self._inbox, sub.name, event.event_id) if sub.idempotent else None
         token = running.set(run)
+        handling_token = handling.set(state) if state is not None else None
         try:
             await chain_async(middleware, innermost)(event, call)
+        except AlreadyHandled:  # an inbox transaction found the record: rolled back, skipped
+            run.children.clear()
+            run.skipped = True
+            _skipped(sub.name, event)
         except Exception as error:
             run.children.clear()  # a failed attempt publishes nothing
             return error
         finally:
+            if handling_token is not None:
+                handling.reset(handling_token)
             running.reset(token)
+        run.recorded = state is not None and state.recorded
         return None
 
-    async def _acknowledge(self, group: str, entry_id: bytes, children: list[Event]) -> None:
+    async def _seen(self, group: str, event: Event) -> bool:
+        """Whether the inbox holds (handler, event): the worker's own client when it can."""
+        inbox = self._inbox
+        if self._inbox_here:
+            key = t.cast(RedisInbox, inbox).key(group, event.event_id)
+            return bool(await self._client.exists(key))
+        if isinstance(inbox, InMemoryInbox):
+            return inbox.seen(group, event.event_id)
+        return await asyncio.to_thread(inbox.seen, group, event.event_id)
+
+    async def _record(self, group: str, event: Event) -> None:
+        """Record a success in an inbox elsewhere, after the acknowledgement.
+
+        Not before: a record without its acknowledgement would skip the
+        redelivery, and lose the children that were to be written with it.
+        A record that fails is logged: the event was handled, only a later
+        duplicate of it may run again.
+        """
+        inbox = self._inbox
+        try:
+            if isinstance(inbox, InMemoryInbox):
+                inbox.record(group, event.event_id)
+            else:
+                await asyncio.to_thread(inbox.record, group, event.event_id)
+        except Exception:
+            logger.exception(
+                "worker %s: %s handled %s (event_id=%s) but its inbox record failed: a "
+                "duplicate of it would run again",
+                self.name,
+                group,
+                event.event_type,
+                event.event_id,
+            )
+
+    async def _acknowledge(
+        self, group: str, entry_id: bytes, children: list[Event], record: str | None = None
+    ) -> None:
         """Acknowledge a success, with its children, in a MULTI/EXEC; return once written.
+
+        ``record``: the key of an idempotent handler's inbox record, set (to
+        expire after the inbox's retention) in the same transaction.
 
         The acknowledgements of a group that come in while one is being
         written go together in the next MULTI/EXEC: each entry's children and
@@ -561,7 +651,7 @@ class Worker:
         round trip for many entries.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commits.setdefault(group, []).append((entry_id, children, future))
+        self._commits.setdefault(group, []).append((entry_id, children, record, future))
         committer = self._committers.get(group)
         if committer is None or committer.done():
             self._committers[group] = asyncio.create_task(self._commit(group))
@@ -580,10 +670,12 @@ class Worker:
             for wait in (*ACK_RETRIES, None):
                 try:
                     async with self._client.pipeline(transaction=True) as pipe:
-                        for _, children, _ in batch:
+                        for _, children, record, _ in batch:
                             for child in children:
                                 pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
-                        pipe.xack(self._stream, group, *(entry_id for entry_id, _, _ in batch))
+                            if record is not None:
+                                pipe.set(record, b"1", px=self._record_ms)
+                        pipe.xack(self._stream, group, *(item[0] for item in batch))
                         await pipe.execute()
                     failure = None
                     break
@@ -608,7 +700,7 @@ class Worker:
                 self._acked_since_trim += len(batch)
                 if self._acked_since_trim >= TRIM_AFTER and self._trim_soon is not None:
                     self._trim_soon.set()
-            for _, children, future in batch:
+            for _, children, _, future in batch:
                 if failure is not None:
                     future.set_exception(failure)
                     continue
@@ -655,6 +747,9 @@ class Worker:
 
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+#: An acknowledgement waiting to be written: entry id, children, inbox record key, its waiter.
+_Commit = tuple[bytes, list[Event], str | None, "asyncio.Future[None]"]
 
 
 def _entries(read: object) -> list[Entry]:
