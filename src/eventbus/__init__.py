@@ -14,6 +14,7 @@ from .cascade import LocalTransport
 from .clock import Clock, SystemClock
 from .dead_letters import (
     NO_HANDLER,
+    RELAY,
     DeadLetter,
     DeadLetterStore,
     DeadLetterStoreError,
@@ -50,12 +51,14 @@ from .transport import Broker, Transport
 if t.TYPE_CHECKING:
     from .dead_letters.sqlite import SQLiteDeadLetterStore, SQLiteDeadLetterStoreError
     from .inbox.sqlite import SQLiteInbox
+    from .outbox import OutboxError, Relay, SQLiteOutbox
     from .tracing import Trace, TracedEvent, TracedFailure, TracedHandler
 
 __all__ = [
     "JSON_DEPTH_LIMIT",
     "MAX_DELAY",
     "NO_HANDLER",
+    "RELAY",
     "AlreadyHandled",
     "Broker",
     "BrokerError",
@@ -82,13 +85,16 @@ __all__ = [
     "InboxError",
     "LocalTransport",
     "Middleware",
+    "OutboxError",
     "PublishResult",
     "RedriveError",
     "RedriveOutcome",
+    "Relay",
     "RetryPolicy",
     "SQLiteDeadLetterStore",
     "SQLiteDeadLetterStoreError",
     "SQLiteInbox",
+    "SQLiteOutbox",
     "Subscription",
     "SyncPublishError",
     "SystemClock",
@@ -110,6 +116,9 @@ _LAZY = {
     "SQLiteDeadLetterStore": ".dead_letters.sqlite",
     "SQLiteDeadLetterStoreError": ".dead_letters.sqlite",
     "SQLiteInbox": ".inbox.sqlite",
+    "OutboxError": ".outbox",
+    "Relay": ".outbox",
+    "SQLiteOutbox": ".outbox",
     "Trace": ".tracing",
     "TracedEvent": ".tracing",
     "TracedFailure": ".tracing",

@@ -1,7 +1,8 @@
-"""The command line: ``python -m eventbus dead-letters list|show|redrive|purge`` and ``worker``.
+"""The command line: ``python -m eventbus dead-letters ...``, ``worker``, ``groups``, ``relay``.
 
 ``worker MODULE:ATTR`` runs the handlers of a broker bus (``eventbus.redis``)
-until SIGTERM or SIGINT.
+until SIGTERM or SIGINT (with ``--outbox PATH``, an outbox's relay beside
+them); ``relay MODULE:ATTR --outbox PATH`` runs a relay on its own.
 
 ``dead-letters`` works on one dead-letter store, and only on it: a SQLite
 file (``--db``), or a broker's store in Redis (``--redis URL --namespace NS``,
@@ -36,6 +37,9 @@ from . import redrive as _redrive
 from .bus import EventBus
 from .dead_letters import DeadLetter, DeadLetterStore, DeadLetterStoreError, UndefinedEvent
 from .dead_letters.sqlite import SQLiteDeadLetterStore
+
+if t.TYPE_CHECKING:
+    from .outbox import Relay
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_STILL_DEAD", "main"]
 
@@ -300,7 +304,6 @@ def _report(
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import logging
 
     bus = _load_app(args.app)
     assert bus is not None
@@ -309,16 +312,50 @@ def _worker(args: argparse.Namespace) -> int:
             f"{args.app} is a bus without a broker: its handlers run in the process that "
             "publishes; build it with EventBus(broker=RedisBroker(url, namespace=...))"
         )
+    _log_to_stderr()
+    from .redis._worker import serve
+
+    try:
+        relay = _relay(bus, args) if args.outbox else None
+        return serve(bus, handlers=args.handlers, concurrency=args.concurrency, relay=relay)
+    except (LookupError, ValueError, TypeError) as error:
+        raise CommandError(str(error)) from None
+
+
+def _relay_command(args: argparse.Namespace) -> int:
+    bus = _load_app(args.app)
+    assert bus is not None
+    _log_to_stderr()
+    from .outbox.relay import serve
+
+    try:
+        return serve(_relay(bus, args))
+    except (ValueError, TypeError) as error:
+        raise CommandError(str(error)) from None
+
+
+def _relay(bus: EventBus, args: argparse.Namespace) -> Relay:
+    from .outbox import OutboxError, Relay, SQLiteOutbox
+
+    if not os.path.exists(args.outbox):
+        raise CommandError(
+            f"--outbox {args.outbox}: no such file; give the SQLite file the application "
+            "writes its outbox in"
+        )
+    try:
+        outbox = SQLiteOutbox(args.outbox, table=args.table)
+    except OutboxError as error:
+        raise CommandError(str(error)) from None
+    return Relay(bus, outbox, batch=args.batch, lease=args.lease)
+
+
+def _log_to_stderr() -> None:
+    import logging
+
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-    from .redis._worker import serve
-
-    try:
-        return serve(bus, handlers=args.handlers, concurrency=args.concurrency)
-    except (LookupError, ValueError, TypeError) as error:
-        raise CommandError(str(error)) from None
 
 
 def _groups(args: argparse.Namespace) -> int:
@@ -887,7 +924,66 @@ def _parser() -> argparse.ArgumentParser:
         help="entries run at once, across the handlers (default 16); the worker reads no "
         "more than it has room for",
     )
+
+    def outbox_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--table",
+            default="eventbus_outbox",
+            help="the outbox's table in that file (default eventbus_outbox)",
+        )
+        parser.add_argument(
+            "--batch",
+            type=int,
+            default=100,
+            metavar="N",
+            help="rows sent per pass (default 100); a relay killed mid-pass sends them again",
+        )
+        parser.add_argument(
+            "--lease",
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="how long the outbox's lease lasts unrenewed (default 30): another relay "
+            "takes over that long after this one died",
+        )
+
+    worker.add_argument(
+        "--outbox",
+        metavar="PATH",
+        help="also relay the outbox of this SQLite file (eventbus.SQLiteOutbox) to the bus",
+    )
+    outbox_options(worker)
     worker.set_defaults(run=_worker)
+    relay = groups.add_parser(
+        "relay",
+        help="send an outbox's events (a SQLite file) on a bus until SIGTERM or SIGINT",
+        description=textwrap.dedent(
+            """\
+            Send the events an application wrote to its outbox (eventbus.SQLiteOutbox, a
+            table in its SQLite file, in the transactions of its own writes) on the bus
+            MODULE:ATTRIBUTE names: to Redis on a broker bus. Rows go in the order they
+            were committed, each deleted once sent; one relay sends at a time (a lease in
+            the file), others wait and take over within --lease seconds if it dies.
+
+            A row that fails to send is tried again with backoff (20 attempts over about
+            13 minutes), holding back the rows after it, then becomes a dead letter in the
+            bus's store (handler "(outbox relay)"), which a redrive publishes again.
+
+            SIGTERM or SIGINT finishes the pass under way, gives up the lease and exits 0;
+            a second signal exits at once (status 1)."""
+        ),
+        formatter_class=raw,
+    )
+    relay.add_argument(
+        "app",
+        metavar="MODULE:ATTRIBUTE",
+        help="the bus to publish on, imported like uvicorn's app (e.g. shop.app:bus)",
+    )
+    relay.add_argument(
+        "--outbox", required=True, metavar="PATH", help="the SQLite file of the outbox"
+    )
+    outbox_options(relay)
+    relay.set_defaults(run=_relay_command)
     status = groups.add_parser(
         "groups",
         help="show each handler's consumer group on a broker: pending entries and lag",

@@ -3,6 +3,8 @@
 A redrive is a cascade of its own whose root runs one handler, the one the
 letter names (or the one named by ``to_handler=``), under that handler's retry
 policy and middleware; the events it publishes cascade as in ``publish``.
+The letter of an outbox row that its relay could not send names no handler
+(:data:`eventbus.outbox.RELAY`): its redrive publishes the event on the bus.
 On success the letter leaves its store; if the handler fails again, the
 same letter (same id) is stored with its attempts added and its last
 failure updated. Every letter a redrive makes goes to the store the letter
@@ -24,6 +26,7 @@ from . import signals
 from .cascade import open_root, run, run_async
 from .context import loop_is_running
 from .dead_letters import DeadLetter, DeadLetterStore, UndefinedEvent
+from .dead_letters.letter import RELAY
 from .errors import RedriveError, SyncPublishError
 from .naming import MAIN_MODULES
 from .plans import Plan, compile_plan
@@ -92,6 +95,10 @@ def redrive(
     bus: EventBus, letter: DeadLetter, store: DeadLetterStore, *, to_handler: str | None = None
 ) -> PublishResult:
     """Run the letter's handler (or the one named ``to_handler``) again; settle it in ``store``."""
+    if _unsent(letter, to_handler):
+        result = bus.publish(letter.event)  # what the relay could not: a BrokerError keeps it
+        _settle(bus, letter, store, result)
+        return result
     plan, running = _plan(bus, letter, to_handler)
     if plan.has_async and loop_is_running():
         raise SyncPublishError(
@@ -107,6 +114,10 @@ async def redrive_async(
     bus: EventBus, letter: DeadLetter, store: DeadLetterStore, *, to_handler: str | None = None
 ) -> PublishResult:
     """``redrive`` from asyncio."""
+    if _unsent(letter, to_handler):
+        result = await bus.publish_async(letter.event)
+        _settle(bus, letter, store, result)
+        return result
     plan, running = _plan(bus, letter, to_handler)
     result = await run_async(open_root(bus, letter.event, (running, store)), plan)
     _settle(bus, letter, store, result)
@@ -168,7 +179,7 @@ def redrive_problem(
     """
     if isinstance(letter.event, UndefinedEvent):
         return RedriveError(_cannot_rebuild(letter, letter.event))
-    if bus is None:
+    if bus is None or _unsent(letter, to_handler):
         return None
     try:
         _plan(bus, letter, to_handler)
@@ -239,6 +250,15 @@ def _plan(bus: EventBus, letter: DeadLetter, to_handler: str | None) -> tuple[Pl
         raise RedriveError(_not_subscribed(bus, letter, name, event_class))
     running = letter if name == letter.handler else dataclasses.replace(letter, handler=name)
     return compile_plan(bus, matches, bus.middleware, bus.default_retry, redrive=True), running
+
+
+def _unsent(letter: DeadLetter, to_handler: str | None) -> bool:
+    """A letter of an outbox row the relay could not send: its redrive publishes the event."""
+    return (
+        letter.handler == RELAY
+        and to_handler is None
+        and not isinstance(letter.event, UndefinedEvent)
+    )
 
 
 def _settle(

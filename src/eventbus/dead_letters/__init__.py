@@ -6,7 +6,7 @@ implements, and one module per store beside them.
 
 import typing as t
 
-from .letter import NO_HANDLER, DeadLetter, UndefinedEvent
+from .letter import NO_HANDLER, RELAY, DeadLetter, UndefinedEvent
 from .memory import InMemoryDeadLetterStore
 from .protocol import DeadLetterStore, DeadLetterStoreError, DeadLetterStoreFullError
 
@@ -15,6 +15,7 @@ if t.TYPE_CHECKING:
 
 __all__ = [
     "NO_HANDLER",
+    "RELAY",
     "DeadLetter",
     "DeadLetterStore",
     "DeadLetterStoreError",

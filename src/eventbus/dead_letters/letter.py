@@ -12,11 +12,14 @@ from datetime import datetime
 
 from ..events import Event
 
-__all__ = ["NO_HANDLER", "DeadLetter", "UndefinedEvent"]
+__all__ = ["NO_HANDLER", "RELAY", "DeadLetter", "UndefinedEvent"]
 
 #: The ``handler`` of the letter of an event that had no handler at all
 #: (kept only when the bus is made with ``report_unhandled=True``).
 NO_HANDLER = "(no handler)"
+
+#: The handler of the letter of an outbox row its relay could not send (see eventbus.outbox).
+RELAY = "(outbox relay)"
 
 #: Bounds on what a letter keeps of an error: enough to understand it, never megabytes.
 MAX_MESSAGE = 2_000

@@ -55,6 +55,7 @@ from ._store import _ADD
 if t.TYPE_CHECKING:
     from ..bus import EventBus
     from ..handlers.subscription import Subscription
+    from ..outbox import Relay
 
 __all__ = ["UnreadableEntryError", "Worker", "WorkerLostError"]
 
@@ -830,14 +831,21 @@ def _undefined(fields: t.Any, error: Exception) -> UndefinedEvent:
     )
 
 
-def serve(bus: EventBus, *, handlers: c.Sequence[str] = (), concurrency: int = 16) -> int:
+def serve(
+    bus: EventBus,
+    *,
+    handlers: c.Sequence[str] = (),
+    concurrency: int = 16,
+    relay: Relay | None = None,
+) -> int:
     """Run a worker in this process until SIGTERM or SIGINT; the exit status (0: stopped clean).
 
     The first signal stops reading: the entries in flight finish and are
     acknowledged, then this returns 0. A second signal exits at once (status
     1), leaving what was in flight pending, for another worker to take over
     after ``claim_idle``. The blocking form of ``await Worker(...).run()``,
-    for a program of your own or the command line.
+    for a program of your own or the command line. ``relay``: an outbox's
+    :class:`~eventbus.outbox.Relay` to run beside the handlers, stopped with them.
     """
     import signal
 
@@ -858,11 +866,13 @@ def serve(bus: EventBus, *, handlers: c.Sequence[str] = (), concurrency: int = 1
                 "y" if len(worker._in_flight) == 1 else "ies",
             )
             worker.stop()
+            if relay is not None:
+                relay.stop()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         try:
-            await worker.run()
+            await asyncio.gather(worker.run(), *([relay.run()] if relay is not None else []))
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)

@@ -1,0 +1,229 @@
+"""SQLiteOutbox: events written in the caller's own SQLite transaction, for a relay to send.
+
+A web request that writes an order and publishes ``OrderPlaced`` must not
+lose the event if the process dies between the two, nor send it for an
+order that rolled back. Writing the event into a table of the same
+database, in the same transaction as the order, makes the two one fact:
+both are committed or neither is. A :class:`~eventbus.outbox.Relay` then
+reads the table in order and publishes each event on a bus (to Redis, on a
+broker bus), deleting the rows it sent.
+
+Tables (created when missing): ``{table}`` holds the rows waiting, in the
+order they were added (``seq``), with the attempts made to send each and
+the time of the next; ``{table}_lease`` holds the one lease that lets a
+single relay send at a time, with a fencing token that grows with every
+new holder, so a relay that lost its lease cannot delete rows it no longer
+owns.
+"""
+
+from __future__ import annotations
+
+import collections.abc as c
+import contextlib
+import dataclasses
+import os
+import re
+import sqlite3
+import threading
+import time
+import typing as t
+
+from ..errors import EventBusError
+from ..events import Event
+
+__all__ = ["OutboxError", "OutboxRow", "SQLiteOutbox"]
+
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,56}")
+
+
+class OutboxError(EventBusError):
+    """An outbox that cannot be read or written, or a connection to another database."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One event waiting in an outbox, as a relay reads it."""
+
+    seq: int
+    event_type: str
+    payload: str
+    attempts: int
+    next_try_at: float
+    last_error: str | None
+
+
+class SQLiteOutbox:
+    """An outbox table in the application's SQLite file at ``path``.
+
+    ::
+
+        outbox = SQLiteOutbox("shop.db")
+
+        with sqlite3.connect("shop.db") as db:  # the request's own transaction
+            db.execute("INSERT INTO orders VALUES (?, ?)", (order_id, total))
+            outbox.add(db, OrderPlaced(order_id=order_id))  # committed with the order
+
+    ``table`` names the rows' table (``{table}_lease`` is its lease);
+    ``timeout`` is how many seconds a write waits for another writer.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        table: str = "eventbus_outbox",
+        timeout: float = 5.0,
+    ) -> None:
+        name = os.fspath(path)
+        if not isinstance(name, str) or not name or name == ":memory:" or name.startswith("file:"):
+            raise ValueError(
+                f"path must be the path of a SQLite file, got {path!r}; the outbox lives in "
+                "the file the application writes its own tables in, for a relay to read"
+            )
+        if not isinstance(table, str) or not _TABLE.fullmatch(table):
+            raise ValueError(
+                f"table must be a SQL name of at most 57 characters (letters, digits and '_', "
+                f"not starting with a digit), got {table!r}"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.path = name
+        self.table = table
+        self.lease_table = f"{table}_lease"
+        self.timeout = float(timeout)
+        self._real = os.path.realpath(name)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._errors("create its tables"):
+            self._connection()
+
+    # -- writing, in the caller's transaction ----------------------------------------
+
+    def add(self, db: sqlite3.Connection, event: Event, /) -> None:
+        """Write ``event`` to the outbox through ``db``, in the transaction ``db`` has open.
+
+        It is sent once that transaction commits, and never if it rolls
+        back. ``db`` must be a connection to this outbox's file (the
+        application's, or the one ``SQLiteInbox.transaction()`` yields);
+        the event is serialized here, so an event that cannot be is refused
+        before anything is written.
+        """
+        if not isinstance(event, Event):
+            raise TypeError(f"outbox.add() takes an Event, got {event!r}")
+        if not isinstance(db, sqlite3.Connection):
+            raise TypeError(
+                f"outbox.add() takes the sqlite3.Connection whose transaction the event joins, "
+                f"got {db!r}"
+            )
+        payload = event.to_json()  # an unserializable event fails here, before any write
+        self._check(db)  # a PRAGMA, microseconds: the same file, or the event is refused
+        with self._errors("add an event"):
+            db.execute(
+                f"INSERT INTO {self.table} (event_type, payload, added_at) VALUES (?, ?, ?)",
+                (event.event_type, payload, time.time()),
+            )
+
+    def _check(self, db: sqlite3.Connection) -> None:
+        with self._errors("check the connection it was given"):
+            files = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
+        if not files or os.path.realpath(files[0]) != self._real:
+            raise OutboxError(
+                f"outbox.add() was given a connection to {files[0] if files else 'memory'!r}, "
+                f"but {self!r} lives in {self.path!r}: an event commits with the writes of its "
+                "own database only; connect to the outbox's file"
+            )
+
+    # -- reading, for a relay --------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Rows waiting to be sent."""
+        with self._errors("count its rows"):
+            (count,) = self._connection().execute(f"SELECT count(*) FROM {self.table}").fetchone()
+        return int(count)
+
+    def rows(self, limit: int | None = None) -> list[OutboxRow]:
+        """The rows waiting, oldest first (all, or the first ``limit``)."""
+        with self._errors("read its rows"):
+            found = (
+                self._connection()
+                .execute(
+                    f"SELECT seq, event_type, payload, attempts, next_try_at, last_error "
+                    f"FROM {self.table} ORDER BY seq LIMIT ?",
+                    (-1 if limit is None else limit,),
+                )
+                .fetchall()
+            )
+        return [OutboxRow(*row) for row in found]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> c.Iterator[sqlite3.Connection]:
+        """A write transaction of this thread's own connection (the relay's)."""
+        db = self._connection()
+        with self._errors("write"):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connections of every thread; a later use opens new ones."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for db in connections:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> t.Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<SQLiteOutbox {self.path!r} table={self.table!r}>"
+
+    # -- connections -----------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        db: sqlite3.Connection | None = getattr(local, "db", None)
+        if db is not None and getattr(local, "pid", None) == os.getpid():
+            return db
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                "seq INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, "
+                "payload TEXT NOT NULL, added_at REAL NOT NULL, "
+                "attempts INTEGER NOT NULL DEFAULT 0, next_try_at REAL NOT NULL DEFAULT 0, "
+                "last_error TEXT)"
+            )
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.lease_table} ("
+                "id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, "
+                "token INTEGER NOT NULL, until REAL NOT NULL)"
+            )
+        except BaseException:
+            db.close()
+            raise
+        local.db, local.pid = db, os.getpid()
+        with self._lock:
+            self._connections.append(db)
+        return db
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> c.Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise OutboxError(
+                f"{self!r} could not {doing}: {type(error).__name__}: {error}; check that the "
+                "file is a SQLite database this process can write"
+            ) from error
