@@ -20,7 +20,7 @@ import typing as t
 
 import pytest
 
-from eventbus import Event, EventBus, RetryPolicy, UndefinedEvent
+from eventbus import DeadLetter, Event, EventBus, RetryPolicy, UndefinedEvent
 from eventbus.redis import RedisBroker, UnreadableEntryError, Worker, WorkerLostError
 from eventbus.testing import FakeClock
 
@@ -185,6 +185,34 @@ def test_the_last_failed_attempt_is_a_dead_letter_stored_with_the_acknowledgemen
     )
     assert pending(bus, "shop.charge") == 0
     assert [e["event_type"] for e in stream(bus)] == [Ordered.event_type]  # no child
+
+
+def test_what_an_on_give_up_hook_publishes_is_written_with_the_letter(bus: EventBus) -> None:
+    hooked: list[DeadLetter] = []
+
+    def charge_gave_up(letter: DeadLetter) -> None:
+        hooked.append(letter)
+        bus.publish(Shipped(order_id="compensated"))  # buffered: written with the letter
+
+    @bus.subscribe(name="shop.charge", retry=RetryPolicy(max_attempts=2), on_give_up=charge_gave_up)
+    def charge(event: Ordered) -> None:
+        bus.publish(Shipped(order_id=event.order_id))  # a failed attempt's: dropped
+        raise ValueError("card declined")
+
+    ordered = Ordered(order_id="o1")
+    bus.publish(ordered)
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 2)  # the entry, and the hook's child
+
+    asyncio.run(main())
+    [letter] = bus.dead_letters
+    assert [h.id for h in hooked] == [letter.id]
+    shipped = [e for e in stream(bus) if e["event_type"] == Shipped.event_type]
+    assert [e["order_id"] for e in shipped] == ["compensated"]
+    assert shipped[0]["causation_id"] == str(ordered.event_id)
+    assert pending(bus, "shop.charge") == 0
 
 
 def test_an_unreadable_entry_is_a_dead_letter_keeping_its_fields_and_the_worker_goes_on(

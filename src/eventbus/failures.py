@@ -26,7 +26,7 @@ if t.TYPE_CHECKING:
     from .results import PublishResult
     from .retry import RetryPolicy
 
-__all__ = ["attempt_failed", "gave_up", "unhandled"]
+__all__ = ["attempt_failed", "gave_up", "give_up", "unhandled"]
 
 logger = logging.getLogger("eventbus")
 
@@ -101,9 +101,31 @@ def gave_up(
         why = ""
         if policy is not None and attempts < policy.max_attempts and not policy.retries(error):
             why = " (not retried: its error type is excluded by the retry policy)"
-        dead_letter(bus, result, sub.name, attempts, error, first_failure, why=why)
+        letter = dead_letter(bus, result, sub.name, attempts, error, first_failure, why=why)
+        if sub.on_give_up is not None:
+            give_up(sub, letter)
     finally:
         publisher.reset(token)
+
+
+def give_up(sub: Subscription, letter: DeadLetter) -> bool:
+    """Call ``sub``'s ``on_give_up`` with its letter; False (logged) if the hook failed.
+
+    The letter is made and stored first, so that a failing hook loses
+    nothing: the letter stands, and can be redriven.
+    """
+    assert sub.on_give_up is not None
+    try:
+        sub.on_give_up(letter)
+    except Exception:
+        logger.exception(
+            "the on_give_up hook of %s failed on %s; the dead letter stands",
+            sub.name,
+            summary(letter),
+            extra={"handler": sub.name, "event_id": str(letter.event.event_id)},
+        )
+        return False
+    return True
 
 
 def unhandled(bus: EventBus, result: PublishResult, *, report: bool) -> None:

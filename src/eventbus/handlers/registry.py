@@ -24,6 +24,9 @@ from ..naming import MAIN_MODULES
 from ..retry import RetryPolicy
 from .subscription import Subscription, caller_namespace, handler_name
 
+if t.TYPE_CHECKING:
+    from ..dead_letters import DeadLetter
+
 __all__ = ["HandlerRegistry"]
 
 E = t.TypeVar("E", bound=Event)
@@ -57,6 +60,7 @@ class HandlerRegistry:
         timeout: float | None = ...,
         name: str | None = ...,
         idempotent: bool = ...,
+        on_give_up: c.Callable[[DeadLetter], object] | None = ...,
     ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     @t.overload
@@ -71,6 +75,7 @@ class HandlerRegistry:
         timeout: float | None = ...,
         name: str | None = ...,
         idempotent: bool = ...,
+        on_give_up: c.Callable[[DeadLetter], object] | None = ...,
     ) -> c.Callable[t.Concatenate[E, P], R]: ...
 
     @t.overload
@@ -84,6 +89,7 @@ class HandlerRegistry:
         timeout: float | None = ...,
         name: str | None = ...,
         idempotent: bool = ...,
+        on_give_up: c.Callable[[DeadLetter], object] | None = ...,
     ) -> c.Callable[[c.Callable[t.Concatenate[E, P], R]], c.Callable[t.Concatenate[E, P], R]]: ...
 
     def subscribe(
@@ -97,6 +103,7 @@ class HandlerRegistry:
         timeout: float | None = None,
         name: str | None = None,
         idempotent: bool = False,
+        on_give_up: c.Callable[[DeadLetter], object] | None = None,
     ) -> t.Any:
         """Register a handler; usable bare, with an event class, or with options.
 
@@ -133,6 +140,12 @@ class HandlerRegistry:
         - ``idempotent``: skip an event this handler already handled (its
           name and the event's id are recorded in the bus's ``inbox`` once it
           succeeded): for handlers that must not act twice on a redelivery.
+        - ``on_give_up``: a plain function called with the :class:`DeadLetter`
+          once the handler's last attempt failed and the letter was made, in
+          process or on a worker: what it publishes follows from the event
+          (on a worker, written with the letter). For a saga's compensation
+          instead of a dead-letter signal receiver; an exception in it is
+          logged and the letter stands.
 
         Returns the handler unchanged. Raises ``TypeError`` at once for a
         handler that cannot be called with one event, an annotation that is
@@ -149,6 +162,7 @@ class HandlerRegistry:
             "timeout": timeout,
             "name": name,
             "idempotent": idempotent,
+            "on_give_up": on_give_up,
         }
         if isinstance(target, type):
             if not issubclass(target, Event):
@@ -267,6 +281,7 @@ class HandlerRegistry:
         timeout: float | None,
         name: str | None,
         idempotent: bool,
+        on_give_up: c.Callable[[DeadLetter], object] | None,
     ) -> None:
         with self._lock:
             sub = Subscription.create(
@@ -278,6 +293,7 @@ class HandlerRegistry:
                 timeout=timeout,
                 name=name,
                 idempotent=idempotent,
+                on_give_up=on_give_up,
                 sequence=next(self._sequence),
                 caller_locals=namespace,
             )

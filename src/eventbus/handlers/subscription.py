@@ -20,6 +20,9 @@ from ..events import Event
 from ..naming import importable_module_name
 from ..retry import MAX_DELAY, RetryPolicy, finite_non_negative
 
+if t.TYPE_CHECKING:
+    from ..dead_letters import DeadLetter
+
 __all__ = ["Handler", "Subscription"]
 
 E_contra = t.TypeVar("E_contra", bound=Event, contravariant=True)
@@ -48,6 +51,7 @@ class Subscription:
     sequence: int
     timeout: float | None = None
     idempotent: bool = False
+    on_give_up: c.Callable[[DeadLetter], object] | None = None
 
     @classmethod
     def create(
@@ -63,6 +67,7 @@ class Subscription:
         caller_locals: c.Mapping[str, object] | None = None,
         name: str | None = None,
         idempotent: bool = False,
+        on_give_up: object | None = None,
     ) -> Subscription:
         """Check ``handler`` and its options; raise ``TypeError`` naming the fix."""
         if not callable(handler):
@@ -88,6 +93,18 @@ class Subscription:
             raise TypeError(
                 f"cannot subscribe {name}: idempotent must be True or False, got {idempotent!r}"
             )
+        if on_give_up is not None:
+            if not callable(on_give_up):
+                raise TypeError(
+                    f"cannot subscribe {name}: on_give_up must be a function taking the dead "
+                    f"letter, got {on_give_up!r}"
+                )
+            if _is_async(on_give_up) or _is_generator(on_give_up):
+                raise TypeError(
+                    f"cannot subscribe {name}: on_give_up must be a plain (sync) function; it "
+                    "runs where the letter is made, and what it publishes is written with the "
+                    "letter: make it `def`, and publish from it what the async work needs"
+                )
         is_async = _is_async(handler)
         if run_in_thread and is_async:
             raise TypeError(
@@ -144,6 +161,7 @@ class Subscription:
             sequence=sequence,
             timeout=float(timeout) if timeout is not None else None,
             idempotent=idempotent,
+            on_give_up=t.cast("c.Callable[[DeadLetter], object] | None", on_give_up),
         )
 
     def receives(self, event_class: type[Event]) -> bool:

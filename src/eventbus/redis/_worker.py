@@ -40,7 +40,7 @@ from .. import signals
 from ..dead_letters.letter import DeadLetter, UndefinedEvent, describe
 from ..errors import BrokerError, EventBusError
 from ..events import Event, EventSerializationError, UnknownEventTypeError
-from ..failures import _log, attempt_failed
+from ..failures import _log, attempt_failed, give_up
 from ..handlers.selection import select, unmatched_error
 from ..idempotency import _skipped
 from ..inbox import InMemoryInbox
@@ -729,6 +729,16 @@ class Worker:
         )
         if as_type is not None:  # an unreadable entry: the letter names the type it claimed
             letter = dataclasses.replace(letter, event_type=as_type)
+        children: list[Event] = []
+        if sub.on_give_up is not None:  # what it publishes is written with the letter
+            hook = Attempt(event)
+            token = running.set(hook)
+            try:
+                if not give_up(sub, letter):
+                    hook.children.clear()
+            finally:
+                running.reset(token)
+            children = hook.children
         store = self.broker.dead_letters
         keys = store.keys
         async with self._client.pipeline(transaction=True) as pipe:
@@ -737,8 +747,12 @@ class Worker:
                 args=[str(letter.id), store.encode(letter)],
                 client=pipe,
             )
+            for child in children:
+                pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
             pipe.xack(self._stream, sub.name, entry_id)
             await pipe.execute()
+        for child in children:
+            signals.send(signals.event_published, self.bus, event=child, publisher=sub.name)
         why = ""
         if policy is not None and attempts < policy.max_attempts:
             why = " (not retried: its error type is excluded by the retry policy)"

@@ -23,7 +23,7 @@ import typing as t
 from .. import signals
 from ..cascade import _stamped
 from ..dead_letters import DeadLetter, InMemoryDeadLetterStore
-from ..failures import _log, attempt_failed
+from ..failures import _log, attempt_failed, give_up
 from ..handlers.selection import select, unmatched_error
 from ..idempotency import Idempotent
 from ..inbox import InMemoryInbox
@@ -170,9 +170,7 @@ class InMemoryBroker:
             run = _Attempt(event)
             error = await self._attempt(bus, sub, event, attempt, run)
             if error is None:
-                for child in run.children:
-                    self.entries.append(type(child).from_json(child.event_type, child.to_json()))
-                    signals.send(signals.event_published, bus, event=child, publisher=sub.name)
+                self._write(bus, run.children, sub.name)
                 signals.send(
                     signals.handler_succeeded, bus, event=event, handler=sub.name,
                     attempts=attempt,
@@ -234,11 +232,26 @@ class InMemoryBroker:
             event, sub.name, attempts, error, failed_at=bus.clock.now()
         )
         bus.dead_letters.add(letter)
+        if sub.on_give_up is not None:  # what it publishes is written with the letter
+            hook = _Attempt(event)
+            token = _running.set(hook)
+            try:
+                written = give_up(sub, letter)
+            finally:
+                _running.reset(token)
+            if written:
+                self._write(bus, hook.children, sub.name)
         why = ""
         if attempts < policy.max_attempts:
             why = " (not retried: its error type is excluded by the retry policy)"
         _log(PublishResult(event), letter, attempts, error, why, logging.ERROR)
         signals.send(signals.event_dead_lettered, bus, dead_letter=letter)
+
+    def _write(self, bus: EventBus, children: list[Event], publisher: str) -> None:
+        """Append what a handler (or its on_give_up hook) published, as its run settled."""
+        for child in children:
+            self.entries.append(type(child).from_json(child.event_type, child.to_json()))
+            signals.send(signals.event_published, bus, event=child, publisher=publisher)
 
     def __repr__(self) -> str:
         return f"<InMemoryBroker entries={len(self.entries)}>"

@@ -143,6 +143,7 @@ def _fake_subscription(original: Subscription, fake: object) -> Subscription:
             sequence=original.sequence,
             name=original.name,
             idempotent=original.idempotent,
+            on_give_up=original.on_give_up,
         )
     except TypeError as error:  # subscribe's words, about the fake
         message = str(error).replace(
