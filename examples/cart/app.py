@@ -13,7 +13,7 @@ import collections.abc as c
 import types
 import typing as t
 
-from eventbus import Clock, DeadLetter, Event, EventBus, PublishResult, signals
+from eventbus import Clock, DeadLetter, Event, EventBus, PublishResult
 
 from .cart.service import Carts
 from .catalog.service import Catalog
@@ -79,9 +79,12 @@ class Shop:
         bus.subscribe(self.carts.on_order_confirmed)
         bus.subscribe(self.carts.on_order_cancelled)
         # payments (async, retried while the gateway is unreachable)
-        bus.subscribe(self.payments.on_charge_payment, retry=CHARGE_RETRY)
+        bus.subscribe(
+            self.payments.on_charge_payment,
+            retry=CHARGE_RETRY,
+            on_give_up=self.payments.charge_gave_up,
+        )
         bus.subscribe(self.payments.on_refund_payment, retry=REFUND_RETRY)
-        signals.event_dead_lettered.connect(self.payments.on_dead_letter, sender=bus)
         # checkout saga (sync)
         bus.subscribe(self.checkout.on_checkout_requested)
         bus.subscribe(self.checkout.on_stock_reserved)
@@ -129,8 +132,6 @@ class Shop:
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        # Without sender=: blinker would keep the receiver in the signal for good otherwise.
-        signals.event_dead_lettered.disconnect(self.payments.on_dead_letter)
         if self._runner is not None:
             self._runner.close()
 

@@ -3,9 +3,9 @@
 - A decline is an answer, not a failure: the handler publishes
   ``PaymentDeclined`` and returns.
 - An unreachable gateway is a failure worth retrying (``CHARGE_RETRY``).
-  When the retries run out the charge becomes a dead letter; ``on_dead_letter``
-  (connected to the bus's ``event_dead_lettered`` signal) tells the rest of
-  the shop with ``PaymentUnavailable``. Redriving the letter later charges.
+  When the retries run out the charge becomes a dead letter; its
+  ``on_give_up`` hook, ``charge_gave_up``, tells the rest of the shop with
+  ``PaymentUnavailable``. Redriving the letter later charges.
 - Payments are remembered per order id: a ``ChargePayment`` delivered twice
   charges once and announces the first outcome again.
 """
@@ -98,13 +98,12 @@ class Payments:
 
     # -- hooks ---------------------------------------------------------------------------
 
-    def on_dead_letter(self, sender: object, *, dead_letter: DeadLetter, **kwargs: object) -> None:
-        """``event_dead_lettered`` receiver: a charge gave up, say so instead of staying silent."""
-        event = dead_letter.event
-        if not isinstance(event, ChargePayment):
-            return
+    def charge_gave_up(self, letter: DeadLetter) -> None:
+        """``on_give_up`` of ``on_charge_payment``: the charge gave up; say so, never go quiet."""
+        event = letter.event
+        assert isinstance(event, ChargePayment)  # the hook of the charge handler only
         payment = self.payments.get(event.order_id)
-        error = f"{dead_letter.error_type.rsplit('.', 1)[-1]}: {dead_letter.error_message}"
+        error = f"{letter.error_type.rsplit('.', 1)[-1]}: {letter.error_message}"
         if payment is not None and payment.status == "pending":
             payment.status, payment.detail = "unavailable", error
         self._publish(PaymentUnavailable(order_id=event.order_id, error=error))
