@@ -119,13 +119,13 @@ def test_async_mode_ends_in_the_same_state(name: str) -> None:
 
 def test_the_trees_show_the_cascades() -> None:
     out = sections()
-    assert "payments.service.Payments.on_charge_payment ✓\n" in out["happy-path"]
+    assert "payments.charge_payment ✓\n" in out["happy-path"]
     assert "└── OrderConfirmed" in out["happy-path"]
     declined = out["payment-declined"]
     for step in ("PaymentDeclined", "ReleaseStock", "StockReleased", "OrderCancelled"):
         assert f"└── {step}\n" in declined
     flaky = out["flaky-payment"]
-    assert "on_charge_payment ✓ after 3 attempts" in flaky
+    assert "payments.charge_payment ✓ after 3 attempts" in flaky
     assert (
         "attempt 1 failed: GatewayUnavailableError: payment gateway timed out (retry in 0.5s)"
         in flaky
@@ -135,13 +135,13 @@ def test_the_trees_show_the_cascades() -> None:
         in flaky
     )
     down = out["gateway-down"]
-    letter = re.search(r"on_charge_payment ✗ after 3 attempts → dead letter (\w{8})", down)
+    letter = re.search(r"payments\.charge_payment ✗ after 3 attempts → dead letter (\w{8})", down)
     assert letter is not None, down
     assert f"ChargePayment ↻ redrive of dead letter {letter[1]}" in down
     assert "PaymentUnavailable" in down
     for_good = out["gateway-down-for-good"]
     assert (
-        "CheckoutAbandoned\n└── checkout.service.CheckoutSaga.on_checkout_abandoned ✓" in for_good
+        "CheckoutAbandoned\n└── checkout.checkout_abandoned ✓" in for_good
     )
     assert "└── RefundPayment" in out["late-charge-refunded"]
     assert "└── OutOfStock" in out["out-of-stock"]

@@ -424,7 +424,7 @@ def test_a_confirmation_that_fails_after_the_charge_is_compensated_with_a_refund
         with override(shop.bus, confirm, confirm_fails):
             order_id = shop.carts.checkout(token)
         [letter] = shop.bus.dead_letters
-        assert letter.handler == "examples.cart.checkout.service.CheckoutSaga.on_payment_succeeded"
+        assert letter.handler == "checkout.payment_succeeded"
         assert letter.error_message == "order database unavailable"
         order = shop.checkout.orders[order_id]
         assert (order.status, order.reserved, order.charged) == (Status.CHARGING, True, True)
@@ -465,3 +465,23 @@ def test_the_saga_state_is_a_validated_pydantic_model() -> None:
 def test_user_registered_carries_no_secret() -> None:
     assert set(UserRegistered.model_fields) - set(Event.model_fields) == {"user_id", "email"}
     assert set(LoginFailed.model_fields) - set(Event.model_fields) == {"email", "reason"}
+
+
+def test_each_module_subscribes_every_handler_it_defines_under_its_own_name() -> None:
+    """A handler method left out of its module's registry would silently never run."""
+    with Shop(clock=NoWait()) as shop:
+        subscribed = {sub.name: sub for sub in shop.bus.subscriptions}
+        for module, obj in [
+            ("catalog", shop.catalog),
+            ("cart", shop.carts),
+            ("payments", shop.payments),
+            ("checkout", shop.checkout),
+            ("notifications", shop.notifications),
+        ]:
+            defined = {name for name in dir(obj) if name.startswith("on_")}
+            assert defined, module
+            for method in defined:
+                name = f"{module}.{method.removeprefix('on_')}"
+                assert name in subscribed, f"{type(obj).__name__}.{method} is not subscribed"
+                assert subscribed[name].handler == getattr(obj, method)
+        assert len(subscribed) == 22

@@ -156,7 +156,7 @@ def test_gateway_down_pauses_the_saga_until_the_letter_is_redriven(shop: Shop) -
     letter = charge_letter(shop, order_id)
     assert list(shop.bus.dead_letters) == [letter]
     assert letter.attempts == 3
-    assert letter.handler == "examples.cart.payments.service.Payments.on_charge_payment"
+    assert letter.handler == "payments.charge_payment"
     assert letter.error_type == "examples.cart.payments.gateway.GatewayUnavailableError"
     payment = shop.payments.payments[order_id]
     assert (payment.status, payment.attempts) == ("unavailable", 3)
@@ -199,7 +199,7 @@ def test_gateway_down_scenario(shop: Shop) -> None:
     assert_no_dead_letters(shop.bus)
     events = list(walk(trace.roots))
     [unavailable] = [t for t in events if isinstance(t.event, PaymentUnavailable)]
-    assert unavailable.publisher == "examples.cart.payments.service.Payments.on_charge_payment"
+    assert unavailable.publisher == "payments.charge_payment"
     [redriven] = [t for t in trace.roots if t.redrive_of is not None]
     assert isinstance(redriven.event, ChargePayment)
 

@@ -1,9 +1,9 @@
-"""The composition root: one bus, one object per module, and every subscription, here.
+"""The composition root: one bus, one object per module, each module's handlers joined.
 
 This is the only file that imports every module. The modules never call
-one another: each gets a ``publish`` function and its handlers are
-subscribed below, as bound methods of that module's object, so every
-``Shop`` starts with fresh state.
+one another: each gets a ``publish`` function, and its ``handlers()``
+registry (its bound methods, named ``module.what``) is included in the bus,
+so every ``Shop`` starts with fresh state.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .catalog.service import Catalog
 from .checkout.service import CheckoutSaga
 from .notifications.service import Notifications
 from .payments.gateway import FakeGateway
-from .payments.service import CHARGE_RETRY, REFUND_RETRY, Payments
+from .payments.service import Payments
 from .users.service import ScryptCost, Users
 
 Mode: t.TypeAlias = t.Literal["sync", "async"]
@@ -70,37 +70,15 @@ class Shop:
         self.checkout = CheckoutSaga(publish)
         self.notifications = Notifications(publish)
 
-        # catalog (sync)
-        bus.subscribe(self.catalog.on_reserve_stock)
-        bus.subscribe(self.catalog.on_release_stock)
-        # cart (sync)
-        bus.subscribe(self.carts.on_user_logged_in)
-        bus.subscribe(self.carts.on_product_listed)
-        bus.subscribe(self.carts.on_order_confirmed)
-        bus.subscribe(self.carts.on_order_cancelled)
-        # payments (async, retried while the gateway is unreachable)
-        bus.subscribe(
-            self.payments.on_charge_payment,
-            retry=CHARGE_RETRY,
-            on_give_up=self.payments.charge_gave_up,
-        )
-        bus.subscribe(self.payments.on_refund_payment, retry=REFUND_RETRY)
-        # checkout saga (sync)
-        bus.subscribe(self.checkout.on_checkout_requested)
-        bus.subscribe(self.checkout.on_stock_reserved)
-        bus.subscribe(self.checkout.on_out_of_stock)
-        bus.subscribe(self.checkout.on_payment_succeeded)
-        bus.subscribe(self.checkout.on_payment_declined)
-        bus.subscribe(self.checkout.on_payment_unavailable)
-        bus.subscribe(self.checkout.on_checkout_abandoned)
-        bus.subscribe(self.checkout.on_payment_refunded)
-        bus.subscribe(self.checkout.on_stock_released)
-        # notifications (async)
-        bus.subscribe(self.notifications.on_user_registered)
-        bus.subscribe(self.notifications.on_login_failed)
-        bus.subscribe(self.notifications.on_order_confirmed)
-        bus.subscribe(self.notifications.on_order_cancelled)
-        bus.subscribe(self.notifications.on_payment_refunded)
+        # Each module subscribes its own handlers; the shop only joins them.
+        for module in (
+            self.catalog,
+            self.carts,
+            self.payments,
+            self.checkout,
+            self.notifications,
+        ):
+            bus.include(module.handlers())
 
         self.list_products(products)
 

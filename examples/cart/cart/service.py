@@ -12,7 +12,7 @@ import collections.abc as c
 import itertools
 import logging
 
-from eventbus import Event
+from eventbus import Event, HandlerRegistry
 
 from ..catalog.events import ProductListed
 from ..checkout.events import OrderCancelled, OrderConfirmed
@@ -36,6 +36,18 @@ class Carts:
         self.carts: dict[str, dict[str, int]] = {}  # user id -> sku -> quantity
         self.pending: dict[str, CheckoutRequested] = {}  # order id -> checkout, until it ends
         self._order_numbers = itertools.count(1)
+
+    def handlers(self) -> HandlerRegistry:
+        """This module's handlers, for ``bus.include``, named ``cart.<event>``.
+
+        The names are stable (dead letters and ``--handlers 'cart.*'`` use them).
+        """
+        handlers = HandlerRegistry()
+        handlers.subscribe(self.on_user_logged_in, name="cart.user_logged_in")
+        handlers.subscribe(self.on_product_listed, name="cart.product_listed")
+        handlers.subscribe(self.on_order_confirmed, name="cart.order_confirmed")
+        handlers.subscribe(self.on_order_cancelled, name="cart.order_cancelled")
+        return handlers
 
     # -- user actions: each needs the session token that log-in returned --------------
 

@@ -12,7 +12,7 @@ import collections.abc as c
 import dataclasses
 import logging
 
-from eventbus import Event
+from eventbus import Event, HandlerRegistry
 
 from .events import (
     OutOfStock,
@@ -44,6 +44,16 @@ class Catalog:
         #: order id -> the lines reserved for it, until released
         self.reservations: dict[str, tuple[StockLine, ...]] = {}
         self.released: set[str] = set()
+
+    def handlers(self) -> HandlerRegistry:
+        """This module's handlers, for ``bus.include``, named ``catalog.<event>``.
+
+        The names are stable (dead letters and ``--handlers 'catalog.*'`` use them).
+        """
+        handlers = HandlerRegistry()
+        handlers.subscribe(self.on_reserve_stock, name="catalog.reserve_stock")
+        handlers.subscribe(self.on_release_stock, name="catalog.release_stock")
+        return handlers
 
     # -- actions (the shop's staff) ----------------------------------------------------
 

@@ -30,7 +30,7 @@ import logging
 
 from pydantic import BaseModel, ConfigDict
 
-from eventbus import Event
+from eventbus import Event, HandlerRegistry
 
 from ..cart.events import CheckoutRequested, OrderLine
 from ..catalog.events import (
@@ -93,6 +93,23 @@ class CheckoutSaga:
     def __init__(self, publish: c.Callable[[Event], object]) -> None:
         self._publish = publish
         self.orders: dict[str, Order] = {}
+
+    def handlers(self) -> HandlerRegistry:
+        """This module's handlers, for ``bus.include``, named ``checkout.<event>``.
+
+        The names are stable (dead letters and ``--handlers 'checkout.*'`` use them).
+        """
+        handlers = HandlerRegistry()
+        handlers.subscribe(self.on_checkout_requested, name="checkout.checkout_requested")
+        handlers.subscribe(self.on_stock_reserved, name="checkout.stock_reserved")
+        handlers.subscribe(self.on_out_of_stock, name="checkout.out_of_stock")
+        handlers.subscribe(self.on_payment_succeeded, name="checkout.payment_succeeded")
+        handlers.subscribe(self.on_payment_declined, name="checkout.payment_declined")
+        handlers.subscribe(self.on_payment_unavailable, name="checkout.payment_unavailable")
+        handlers.subscribe(self.on_checkout_abandoned, name="checkout.checkout_abandoned")
+        handlers.subscribe(self.on_payment_refunded, name="checkout.payment_refunded")
+        handlers.subscribe(self.on_stock_released, name="checkout.stock_released")
+        return handlers
 
     # -- operator action -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import collections.abc as c
 import dataclasses
 import uuid
 
-from eventbus import Event
+from eventbus import Event, HandlerRegistry
 
 from ..checkout.events import OrderCancelled, OrderConfirmed
 from ..payments.events import PaymentRefunded
@@ -33,6 +33,19 @@ class Notifications:
         self.addresses: dict[str, str] = {}  # user id -> email
         self.outbox: list[Email] = []  # in the order sent
         self._answered: set[uuid.UUID] = set()  # ids of the events already emailed about
+
+    def handlers(self) -> HandlerRegistry:
+        """This module's handlers, for ``bus.include``, named ``notifications.<event>``.
+
+        The names are stable (dead letters and ``--handlers 'notifications.*'`` use them).
+        """
+        handlers = HandlerRegistry()
+        handlers.subscribe(self.on_user_registered, name="notifications.user_registered")
+        handlers.subscribe(self.on_login_failed, name="notifications.login_failed")
+        handlers.subscribe(self.on_order_confirmed, name="notifications.order_confirmed")
+        handlers.subscribe(self.on_order_cancelled, name="notifications.order_cancelled")
+        handlers.subscribe(self.on_payment_refunded, name="notifications.payment_refunded")
+        return handlers
 
     async def on_user_registered(self, event: UserRegistered) -> None:
         self.addresses[event.user_id] = event.email

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import typing as t
 
-from eventbus import DeadLetter, Event, RetryPolicy
+from eventbus import DeadLetter, Event, HandlerRegistry, RetryPolicy
 
 from .events import (
     ChargePayment,
@@ -56,6 +56,23 @@ class Payments:
         self._publish = publish
         self.gateway = gateway
         self.payments: dict[str, Payment] = {}  # order id -> its payment
+
+    def handlers(self) -> HandlerRegistry:
+        """This module's handlers, for ``bus.include``, named ``payments.<event>``.
+
+        The names are stable (dead letters and ``--handlers 'payments.*'`` use them).
+        """
+        handlers = HandlerRegistry()
+        handlers.subscribe(
+            self.on_charge_payment,
+            name="payments.charge_payment",
+            retry=CHARGE_RETRY,
+            on_give_up=self.charge_gave_up,
+        )
+        handlers.subscribe(
+            self.on_refund_payment, name="payments.refund_payment", retry=REFUND_RETRY
+        )
+        return handlers
 
     # -- handlers ------------------------------------------------------------------------
 
