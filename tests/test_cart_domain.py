@@ -485,3 +485,19 @@ def test_each_module_subscribes_every_handler_it_defines_under_its_own_name() ->
                 assert name in subscribed, f"{type(obj).__name__}.{method} is not subscribed"
                 assert subscribed[name].handler == getattr(obj, method)
         assert len(subscribed) == 22
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_notifications_send_one_email_per_event_however_often_it_comes(mode: Mode) -> None:
+    with Shop(mode=mode, clock=NoWait()) as shop:
+        shop.publish(UserRegistered(user_id="u-1", email="ada@example.com"))
+        confirmed = OrderConfirmed(
+            order_id="order-9", user_id="u-1", total_cents=1200, payment_id="pay-1"
+        )
+        shop.publish(confirmed)
+        shop.publish(confirmed)  # redelivered (a redrive, a worker's reclaim)
+        assert [e.subject for e in shop.notifications.outbox] == [
+            "Welcome to the shop",
+            "Order order-9 confirmed: $12.00 paid",
+        ]
+        assert shop.bus.inbox.seen("notifications.order_confirmed", confirmed.event_id)
