@@ -314,6 +314,93 @@ def test_a_transaction_misused_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     inbox.close()
 
 
+def test_an_async_handler_awaiting_inside_its_transaction_fails_fast_not_blocking_the_loop(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Two coroutines of one loop: the second transaction is refused at once, with the fix."""
+    inbox, bus, db = shop(tmp_path / "shop.db")
+
+    @bus.subscribe(idempotent=True, name="pay", retry=RetryPolicy(max_attempts=1))
+    async def record_payment(event: PaymentCaptured) -> None:
+        with inbox.transaction() as tx:
+            tx.execute("INSERT INTO payments VALUES (?, ?)", (event.order_id, event.amount))
+            await asyncio.sleep(0.05)  # the mistake: an await holding SQLite's write lock
+
+    async def main() -> None:
+        await asyncio.gather(
+            bus.publish_async(PaymentCaptured(order_id="o1")),
+            bus.publish_async(PaymentCaptured(order_id="o2")),
+        )
+
+    asyncio.run(main())
+    assert payments(db) == [("o1", 100)]  # the first's commit went through
+    [letter] = bus.dead_letters  # the second failed at once, and nothing is lost
+    assert letter.event.order_id == "o2"  # type: ignore[attr-defined]
+    assert "awaited inside its `with inbox.transaction()` block" in letter.error_message
+    assert "do the awaits before or after the block" in letter.error_message
+    inbox.close()
+
+
+def test_concurrent_async_handlers_each_get_a_connection_of_their_own(
+    tmp_path: pathlib.Path,
+) -> None:
+    inbox, bus, db = shop(tmp_path / "shop.db")
+
+    @bus.subscribe(idempotent=True, name="pay")
+    async def record_payment(event: PaymentCaptured) -> None:
+        await asyncio.sleep(0)  # the awaits before the block, the writes inside it
+        with inbox.transaction() as tx:
+            tx.execute("INSERT INTO payments VALUES (?, ?)", (event.order_id, event.amount))
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(
+            *(bus.publish_async(PaymentCaptured(order_id=f"o{n}")) for n in range(20))
+        )
+
+    asyncio.run(main())
+    assert sorted(order for order, _ in payments(db)) == sorted(f"o{n}" for n in range(20))
+    assert len(inbox) == 20
+    assert len(bus.dead_letters) == 0
+    inbox.close()
+
+
+class FailingRecords(InMemoryInbox):
+    def record(self, handler: str, event_id: uuid.UUID, /) -> None:
+        raise InboxError("the inbox's disk is full")
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+def test_a_record_that_fails_after_the_handler_succeeded_is_logged_not_a_failed_attempt(
+    use_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = EventBus(inbox=FailingRecords())
+    runs: list[str] = []
+    bus.subscribe(PaymentCaptured, idempotent=True, name="pay", retry=RetryPolicy(max_attempts=3))(
+        lambda event: runs.append(event.order_id)
+    )
+    with caplog.at_level(logging.ERROR, logger="eventbus.idempotency"):
+        publish(bus, PaymentCaptured(order_id="o1"), use_async)
+    assert runs == ["o1"]  # not retried: its effects happened
+    assert len(bus.dead_letters) == 0
+    assert "pay handled" in caplog.text
+    assert "its inbox record failed" in caplog.text
+
+
+def test_a_closed_inbox_opens_new_connections_and_closes_other_threads_ones(
+    tmp_path: pathlib.Path,
+) -> None:
+    inbox = SQLiteInbox(tmp_path / "shop.db")
+    event_id = uuid.uuid4()
+    worker = threading.Thread(target=inbox.record, args=("pay", event_id))
+    worker.start()
+    worker.join(timeout=10)
+    inbox.close()  # the thread's connection too, not only this thread's
+    assert inbox._db._open == set()
+    assert inbox.seen("pay", event_id)
+    inbox.close()
+
+
 # -- the property: with the transactional form, each effect happens exactly once -----------
 
 #: Where a delivery may stop: not at all, before the handler, inside the transaction

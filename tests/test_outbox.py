@@ -436,3 +436,119 @@ def test_leaving_a_relays_with_block_gives_its_lease_up(
     with Relay(bus, outbox) as second:
         assert second.send() == 1
     assert transport.orders() == ["o1", "o2"]
+
+
+class Slow(Recording):
+    """Each send takes ``seconds`` of the bus's clock; ``during`` runs at the send of o{n}."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.seconds = seconds
+        self.during: dict[str, c.Callable[[], None]] = {}
+
+    def _publish(self, event: Event) -> PublishResult:
+        self.clock.advance(self.seconds)
+        if isinstance(event, OrderPlaced) and event.order_id in self.during:
+            self.during.pop(event.order_id)()
+        return super()._publish(event)
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["send", "send_async"])
+def test_a_pass_longer_than_the_lease_renews_it_and_no_second_relay_sends_beside_it(
+    database: pathlib.Path, outbox: SQLiteOutbox, use_async: bool
+) -> None:
+    clock = FakeClock()
+    transport = Slow(clock, seconds=4.0)  # ten sends: 40 s, four leases of 10 s
+    bus = EventBus(transport=transport, clock=clock)
+    first = Relay(bus, outbox, lease=10.0, batch=10, name="first")
+    second = Relay(EventBus(transport=Recording(), clock=clock), outbox, lease=10.0, name="second")
+    for number in range(10):
+        place(database, outbox, f"o{number}")
+    seconds: list[int] = []
+    for number in (3, 6, 9):  # past the lease the pass started with, several times
+        transport.during[f"o{number}"] = lambda: seconds.append(second.send())
+    assert (asyncio.run(first.send_async()) if use_async else first.send()) == 10
+    assert seconds == [0, 0, 0]  # the second relay found the lease held each time
+    assert transport.orders() == [f"o{number}" for number in range(10)]
+    assert len(outbox) == 0
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["send", "send_async"])
+def test_a_relay_that_finds_its_lease_taken_mid_pass_stops_sending(
+    database: pathlib.Path,
+    outbox: SQLiteOutbox,
+    use_async: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    transport = Slow(clock, seconds=0.0)
+    first = Relay(EventBus(transport=transport, clock=clock), outbox, lease=10.0, name="first")
+    taker = Recording()
+    second = Relay(EventBus(transport=taker, clock=clock), outbox, lease=10.0, name="second")
+    for number in range(4):
+        place(database, outbox, f"o{number}")
+
+    def hang_then_lose_the_lease() -> None:
+        clock.advance(30.0)  # the first relay hangs inside this send, past its lease
+        assert second._claim() != []  # the second takes the lapsed lease over
+
+    transport.during["o1"] = hang_then_lose_the_lease
+    with caplog.at_level(logging.WARNING, logger="eventbus.outbox"):
+        sent = asyncio.run(first.send_async()) if use_async else first.send()
+    assert transport.orders() == ["o0", "o1"]  # o2 and o3 were not sent beside the second
+    assert sent == 2
+    assert "another relay took the lease" in caplog.text
+    assert len(outbox) == 4  # the first deleted nothing it no longer owns
+    assert second.send() == 4  # the new holder sends everything, o0 and o1 again
+    assert taker.orders() == ["o0", "o1", "o2", "o3"]
+
+
+def test_an_event_added_on_an_autocommit_connection_outside_a_transaction_is_refused(
+    database: pathlib.Path, outbox: SQLiteOutbox, bus: EventBus, transport: Recording
+) -> None:
+    db = sqlite3.connect(database, isolation_level=None)
+    with pytest.raises(OutboxError, match=r"autocommit mode .* open the transaction first"):
+        outbox.add(db, OrderPlaced(order_id="o1"))
+    assert len(outbox) == 0
+    db.execute("BEGIN")  # in a transaction the application opened, it joins it
+    db.execute("INSERT INTO orders VALUES ('o2')")
+    outbox.add(db, OrderPlaced(order_id="o2"))
+    db.execute("ROLLBACK")
+    assert len(outbox) == 0
+    db.close()
+    legacy = sqlite3.connect(database)  # the default mode: the first write opens one
+    outbox.add(legacy, OrderPlaced(order_id="o3"))
+    legacy.rollback()
+    legacy.close()
+    assert len(outbox) == 0
+
+
+def test_a_relay_cancelled_mid_pass_deletes_what_it_sent_and_gives_up_its_lease(
+    database: pathlib.Path, outbox: SQLiteOutbox
+) -> None:
+    class Hanging(Recording):
+        async def _publish_async(self, event: Event) -> PublishResult:
+            if isinstance(event, OrderPlaced) and event.order_id == "o2":
+                await asyncio.sleep(60)  # the broker hangs on the third
+            return self._publish(event)
+
+    transport = Hanging()
+    bus = EventBus(transport=transport, clock=FakeClock())
+    for number in range(4):
+        place(database, outbox, f"o{number}")
+    relay = Relay(bus, outbox, poll=0.01)
+
+    async def main() -> None:
+        running = asyncio.create_task(relay.run())
+        for _ in range(500):
+            if len(transport.sent) == 2:
+                break
+            await asyncio.sleep(0.01)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(main())
+    assert len(outbox) == 2  # o0 and o1 were deleted on the way out
+    assert Relay(EventBus(transport=Recording(), clock=FakeClock()), outbox).send() == 2

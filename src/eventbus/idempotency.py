@@ -44,40 +44,63 @@ class Idempotent(Middleware):
         return subscription.idempotent
 
     def handle(self, call_next: CallNext, event: Event, call: HandlerCall, /) -> None:
-        name = call.subscription.name
-        if self.inbox.seen(name, event.event_id):
-            _skipped(name, event)
+        state = self._start(call, event)
+        if state is None:
             return
-        state = Handling(self.inbox, name, event.event_id)
         token = handling.set(state)
         try:
             call_next(event, call)
         except AlreadyHandled:
-            _skipped(name, event)
+            _skipped(state.handler, event)
             return
         finally:
             handling.reset(token)
-        if not state.recorded:
-            self.inbox.record(name, event.event_id)
+        self._record(state, event)
 
     async def handle_async(
         self, call_next: AsyncCallNext, event: Event, call: HandlerCall, /
     ) -> None:
-        name = call.subscription.name
-        if self.inbox.seen(name, event.event_id):
-            _skipped(name, event)
+        state = self._start(call, event)
+        if state is None:
             return
-        state = Handling(self.inbox, name, event.event_id)
         token = handling.set(state)
         try:
             await call_next(event, call)
         except AlreadyHandled:
-            _skipped(name, event)
+            _skipped(state.handler, event)
             return
         finally:
             handling.reset(token)
-        if not state.recorded:
-            self.inbox.record(name, event.event_id)
+        self._record(state, event)
+
+    def _start(self, call: HandlerCall, event: Event) -> Handling | None:
+        """The run's state, or None (logged) when the inbox has it handled already."""
+        name = call.subscription.name
+        if self.inbox.seen(name, event.event_id):  # fails: the attempt fails, and is retried
+            _skipped(name, event)
+            return None
+        return Handling(self.inbox, name, event.event_id)
+
+    def _record(self, state: Handling, event: Event) -> None:
+        """Record a run that succeeded; a record that fails is logged, not a failed attempt.
+
+        The handler's effects happened: running it again for this delivery
+        (a retry) or dead-lettering the event would be wrong. Only a later
+        duplicate of the event may run again.
+        """
+        if state.recorded:
+            return  # committed with the handler's writes by an inbox transaction
+        try:
+            self.inbox.record(state.handler, event.event_id)
+        except Exception:
+            logger.exception(
+                "%s handled %s (event_id=%s) but its inbox record failed: a duplicate of it "
+                "would run again",
+                state.handler,
+                event.event_type,
+                event.event_id,
+                extra={"handler": state.handler, "event_id": str(event.event_id)},
+            )
 
 
 def _skipped(handler: str, event: Event) -> None:

@@ -52,6 +52,7 @@ class Handling:
     handler: str
     event_id: uuid.UUID
     recorded: bool = False  # a transaction of the inbox committed the record already
+    writing: bool = False  # a transaction of the inbox is open for this run
 
 
 #: The idempotent handler running in this context, if any (set by the bus around its call).

@@ -7,7 +7,7 @@ either leaves both (the event is handled, a redelivery is skipped) or
 neither (a redelivery runs it again, from scratch).
 
 Standard library ``sqlite3`` only; WAL mode, ``synchronous=FULL``, a busy
-timeout, one connection per thread; several processes may share the file.
+timeout, a connection per user at a time; several processes may share the file.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 import typing as t
 import uuid
 
+from .._sqlite import Connections, check_path
 from .protocol import AlreadyHandled, InboxError, handling
 
 __all__ = ["SQLiteInbox"]
@@ -54,12 +55,11 @@ class SQLiteInbox:
         table: str = "eventbus_inbox",
         timeout: float = 5.0,
     ) -> None:
-        name = os.fspath(path)
-        if not isinstance(name, str) or not name or name == ":memory:" or name.startswith("file:"):
-            raise ValueError(
-                f"path must be the path of a SQLite file, got {path!r}; an in-memory database "
-                "is one per connection, so for records in memory use InMemoryInbox()"
-            )
+        name = check_path(
+            path,
+            "an in-memory database is one per connection, so for records in memory use "
+            "InMemoryInbox()",
+        )
         if not isinstance(table, str) or not _TABLE.fullmatch(table):
             raise ValueError(
                 f"table must be a SQL name (letters, digits and '_', not starting with a digit), "
@@ -70,32 +70,36 @@ class SQLiteInbox:
         self.path = name
         self.table = table
         self.timeout = float(timeout)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        with self._errors("create its table"):
-            self._connection()  # fail here, at construction, on a path that cannot be a database
+        self._db = Connections(
+            name,
+            timeout=self.timeout,
+            schema=(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                "handler TEXT NOT NULL, event_id TEXT NOT NULL, handled_at REAL NOT NULL, "
+                "PRIMARY KEY (handler, event_id)) WITHOUT ROWID",
+            ),
+            error=InboxError,
+            owner=repr(self),
+        )
+        self._writing = threading.local()  # an inbox transaction open on this thread
+        with self._db.errors("create its table"), self._db.lend():
+            pass  # fail here, at construction, on a path that cannot be a database
 
     # -- the Inbox protocol ----------------------------------------------------------
 
     def seen(self, handler: str, event_id: uuid.UUID, /) -> bool:
         """Whether the pair is in the table."""
-        with self._errors("read a record"):
-            row = (
-                self._connection()
-                .execute(
-                    f"SELECT 1 FROM {self.table} WHERE handler = ? AND event_id = ?",
-                    (handler, str(event_id)),
-                )
-                .fetchone()
-            )
+        with self._db.errors("read a record"), self._db.lend() as db:
+            row = db.execute(
+                f"SELECT 1 FROM {self.table} WHERE handler = ? AND event_id = ?",
+                (handler, str(event_id)),
+            ).fetchone()
         return row is not None
 
     def record(self, handler: str, event_id: uuid.UUID, /) -> None:
         """Add the pair (on disk when this returns); already there is no error."""
-        with self._errors("write a record"):
-            self._connection().execute(
+        with self._db.errors("write a record"), self._db.lend() as db:
+            db.execute(
                 f"INSERT OR IGNORE INTO {self.table} (handler, event_id, handled_at) "
                 "VALUES (?, ?, ?)",
                 (handler, str(event_id), time.time()),
@@ -125,49 +129,49 @@ class SQLiteInbox:
                 "handler of a bus with this inbox is running here: call it from a handler "
                 "subscribed with idempotent=True on EventBus(inbox=this inbox)"
             )
-        if state.recorded or getattr(self._local, "open", False):
+        if state.recorded or state.writing:
             raise InboxError(
                 f"{state.handler} opened a second inbox transaction in one run; a run commits "
                 "its writes in one `with inbox.transaction()` block, so that they and the "
                 "record stand or fall together: put them in one block"
             )
-        with self._errors("begin a transaction"):
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
-        self._local.open = True
-        try:
+        if getattr(self._writing, "handler", None) is not None:
+            raise InboxError(
+                f"{state.handler} opened an inbox transaction while {self._writing.handler}'s "
+                "is open on the same thread: an async handler awaited inside its `with "
+                "inbox.transaction()` block. SQLite has one writer at a time, so that await "
+                "would hold the write lock and block the event loop: do the awaits before "
+                "or after the block, and only the writes inside it"
+            )
+        with self._db.lend() as db:
+            with self._db.errors("begin a transaction"):
+                db.execute("BEGIN IMMEDIATE")
+            state.writing, self._writing.handler = True, state.handler
             try:
-                yield db
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            if not db.in_transaction:
-                raise InboxError(
-                    f"{state.handler} ended the inbox transaction itself (commit or rollback "
-                    "inside the block), so its writes were not kept with the record: leave "
-                    "the commit to the end of the `with` block"
-                )
-            try:
-                db.execute(
-                    f"INSERT INTO {self.table} (handler, event_id, handled_at) VALUES (?, ?, ?)",
-                    (state.handler, str(state.event_id), time.time()),
-                )
-            except sqlite3.IntegrityError:
-                db.execute("ROLLBACK")
-                raise AlreadyHandled(
-                    f"{state.handler} already handled event {state.event_id}: another run "
-                    "committed first; this run's writes were rolled back"
-                ) from None
-            try:
-                db.execute("COMMIT")
-            except sqlite3.Error:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            state.recorded = True
-        finally:
-            self._local.open = False
+                yield db  # an exception here: lend() rolls the transaction back
+                if not db.in_transaction:
+                    raise InboxError(
+                        f"{state.handler} ended the inbox transaction itself (commit or "
+                        "rollback inside the block), so its writes were not kept with the "
+                        "record: leave the commit to the end of the `with` block"
+                    )
+                with self._db.errors("commit a transaction"):
+                    try:
+                        db.execute(
+                            f"INSERT INTO {self.table} (handler, event_id, handled_at) "
+                            "VALUES (?, ?, ?)",
+                            (state.handler, str(state.event_id), time.time()),
+                        )
+                    except sqlite3.IntegrityError:
+                        db.execute("ROLLBACK")
+                        raise AlreadyHandled(
+                            f"{state.handler} already handled event {state.event_id}: another "
+                            "run committed first; this run's writes were rolled back"
+                        ) from None
+                    db.execute("COMMIT")  # if it fails, lend() rolls back or drops the db
+                state.recorded = True
+            finally:
+                state.writing, self._writing.handler = False, None
 
     # -- housekeeping ----------------------------------------------------------------
 
@@ -179,25 +183,20 @@ class SQLiteInbox:
         """
         if isinstance(older_than, bool) or not isinstance(older_than, int | float):
             raise TypeError(f"older_than must be a number of seconds, got {older_than!r}")
-        with self._errors("purge records"):
-            cursor = self._connection().execute(
+        with self._db.errors("purge records"), self._db.lend() as db:
+            cursor = db.execute(
                 f"DELETE FROM {self.table} WHERE handled_at < ?", (time.time() - older_than,)
             )
         return cursor.rowcount
 
     def __len__(self) -> int:
-        with self._errors("count records"):
-            (count,) = self._connection().execute(f"SELECT count(*) FROM {self.table}").fetchone()
+        with self._db.errors("count records"), self._db.lend() as db:
+            (count,) = db.execute(f"SELECT count(*) FROM {self.table}").fetchone()
         return int(count)
 
     def close(self) -> None:
-        """Close the connections of every thread; a later use opens new ones."""
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for db in connections:
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
-        self._local = threading.local()
+        """Close the inbox's connections; a later use opens new ones."""
+        self._db.close()
 
     def __enter__(self) -> t.Self:
         return self
@@ -207,37 +206,3 @@ class SQLiteInbox:
 
     def __repr__(self) -> str:
         return f"<SQLiteInbox {self.path!r} table={self.table!r}>"
-
-    # -- connections -----------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        db: sqlite3.Connection | None = getattr(local, "db", None)
-        if db is not None and getattr(local, "pid", None) == os.getpid():
-            return db
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                "handler TEXT NOT NULL, event_id TEXT NOT NULL, handled_at REAL NOT NULL, "
-                "PRIMARY KEY (handler, event_id)) WITHOUT ROWID"
-            )
-        except BaseException:
-            db.close()
-            raise
-        local.db, local.pid = db, os.getpid()
-        with self._lock:
-            self._connections.append(db)
-        return db
-
-    @contextlib.contextmanager
-    def _errors(self, doing: str) -> c.Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as error:
-            raise InboxError(
-                f"{self!r} could not {doing}: {type(error).__name__}: {error}; check that the "
-                "file is a SQLite database this process can write"
-            ) from error

@@ -48,6 +48,8 @@ __all__ = ["RELAY", "Relay", "serve"]
 
 logger = logging.getLogger("eventbus.outbox")
 
+_R = t.TypeVar("_R")
+
 #: 20 attempts over about 13 minutes (waits 0.5 s doubling to 60 s), then a dead letter.
 DEFAULT_RETRY = RetryPolicy(max_attempts=20, initial_delay=0.5, backoff=2.0, max_delay=60.0)
 
@@ -97,6 +99,7 @@ class Relay:
         self.lettered = 0  # rows it made dead letters
         self._settled = 0  # rows the last pass settled (sent or lettered)
         self._token = 0  # the fencing token of the lease while this relay holds it
+        self._until = 0.0  # when that lease lapses unless renewed (the bus's clock)
         self._stopping: asyncio.Event | None = None
 
     # -- one pass --------------------------------------------------------------------
@@ -108,6 +111,8 @@ class Relay:
         sent = 0
         try:
             for row in rows:
+                if self._renewal_due() and not self._renew():
+                    break  # another relay took over: it sends the rest
                 event = self._event(row, done)
                 if event is None:
                     if done and done[-1] == row.seq:
@@ -127,12 +132,14 @@ class Relay:
 
     async def send_async(self) -> int:
         """``send`` for asyncio: the outbox is read in a thread, events go by ``publish_async``."""
-        rows = await asyncio.to_thread(self._claim)
+        rows = await _in_thread(self._claim)
         done: list[int] = []
         sent = 0
         try:
             for row in rows:
-                event = await asyncio.to_thread(self._event, row, done)
+                if self._renewal_due() and not await _in_thread(self._renew):
+                    break
+                event = await _in_thread(self._event, row, done)
                 if event is None:
                     if done and done[-1] == row.seq:
                         continue
@@ -140,13 +147,13 @@ class Relay:
                 try:
                     await self.bus.publish_async(event)
                 except Exception as error:
-                    if not await asyncio.to_thread(self._failed, row, event, error, done):
+                    if not await _in_thread(self._failed, row, event, error, done):
                         break
                     continue
                 done.append(row.seq)
                 sent += 1
         finally:
-            await asyncio.shield(asyncio.to_thread(self._finish, done, sent))
+            await _in_thread(self._finish, done, sent)
         return sent
 
     # -- running ---------------------------------------------------------------------
@@ -172,7 +179,7 @@ class Relay:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stopping.wait(), timeout=self.poll)
         finally:
-            await asyncio.to_thread(self._give_up_lease)
+            await _in_thread(self._give_up_lease)
 
     def run_sync(self) -> None:
         """Run until :meth:`stop`, in an event loop of its own."""
@@ -194,6 +201,7 @@ class Relay:
         now = self._now()
         with outbox._transaction() as db:
             lease = db.execute(f"SELECT owner, token, until FROM {outbox.lease_table}").fetchone()
+            self._until = now + self.lease
             if lease is None:
                 self._token = 1
                 db.execute(
@@ -205,6 +213,7 @@ class Relay:
                 owner, token, until = lease
                 mine = owner == self.name and token == self._token
                 if not mine and until > now:
+                    self._until = 0.0
                     return []  # another relay leads; this one waits for its lease to lapse
                 if not mine:
                     self._token = token + 1
@@ -224,6 +233,38 @@ class Relay:
         if rows and rows[0].next_try_at > now:
             return []  # the first row waits for its next attempt, and the others behind it
         return rows
+
+    def _renewal_due(self) -> bool:
+        """Whether half the lease has gone since it was taken or renewed (a clock read)."""
+        return self._now() >= self._until - self.lease / 2
+
+    def _renew(self) -> bool:
+        """Renew the lease for another ``lease`` seconds; False (logged) if another took it.
+
+        A pass renews it before each row once half of it has gone, so a
+        pass longer than the lease never lets a second relay send beside
+        this one: a relay that finds it lost the lease stops sending.
+        """
+        now = self._now()
+        with self.outbox._transaction() as db:
+            renewed = (
+                db.execute(
+                    f"UPDATE {self.outbox.lease_table} SET until = ? WHERE owner = ? AND token = ?",
+                    (now + self.lease, self.name, self._token),
+                ).rowcount
+                == 1
+            )
+        if not renewed:
+            logger.warning(
+                "relay %s: another relay took the lease of %s while this one was sending "
+                "(it stopped for longer than the lease?): this pass stops here",
+                self.name,
+                self.outbox,
+            )
+            self._until = 0.0
+            return False
+        self._until = now + self.lease
+        return True
 
     def _event(self, row: OutboxRow, done: list[int]) -> Event | None:
         """The row's event, or None after making an unreadable row a letter (then done)."""
@@ -349,6 +390,21 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay {self.name} {self.outbox!r}>"
+
+
+async def _in_thread(function: t.Callable[..., _R], *args: t.Any) -> _R:
+    """``function(*args)`` in a thread; cancelled, it waits for the thread before going on.
+
+    So that a relay cancelled mid-pass never has a step on the outbox still
+    running beside the pass's ``finally`` (which deletes the rows settled).
+    """
+    running = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await running
+        raise
 
 
 async def _until_signalled(relay: Relay, *others: t.Any) -> None:

@@ -18,16 +18,15 @@ owns.
 
 from __future__ import annotations
 
-import collections.abc as c
 import contextlib
 import dataclasses
 import os
 import re
 import sqlite3
-import threading
 import time
 import typing as t
 
+from .._sqlite import Connections, check_path
 from ..errors import EventBusError
 from ..events import Event
 
@@ -74,12 +73,11 @@ class SQLiteOutbox:
         table: str = "eventbus_outbox",
         timeout: float = 5.0,
     ) -> None:
-        name = os.fspath(path)
-        if not isinstance(name, str) or not name or name == ":memory:" or name.startswith("file:"):
-            raise ValueError(
-                f"path must be the path of a SQLite file, got {path!r}; the outbox lives in "
-                "the file the application writes its own tables in, for a relay to read"
-            )
+        name = check_path(
+            path,
+            "the outbox lives in the file the application writes its own tables in, "
+            "for a relay to read",
+        )
         if not isinstance(table, str) or not _TABLE.fullmatch(table):
             raise ValueError(
                 f"table must be a SQL name of at most 57 characters (letters, digits and '_', "
@@ -92,11 +90,24 @@ class SQLiteOutbox:
         self.lease_table = f"{table}_lease"
         self.timeout = float(timeout)
         self._real = os.path.realpath(name)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        with self._errors("create its tables"):
-            self._connection()
+        self._db = Connections(
+            name,
+            timeout=self.timeout,
+            schema=(
+                f"CREATE TABLE IF NOT EXISTS {table} ("
+                "seq INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, "
+                "payload TEXT NOT NULL, added_at REAL NOT NULL, "
+                "attempts INTEGER NOT NULL DEFAULT 0, next_try_at REAL NOT NULL DEFAULT 0, "
+                "last_error TEXT)",
+                f"CREATE TABLE IF NOT EXISTS {self.lease_table} ("
+                "id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, "
+                "token INTEGER NOT NULL, until REAL NOT NULL)",
+            ),
+            error=OutboxError,
+            owner=repr(self),
+        )
+        with self._db.errors("create its tables"), self._db.lend():
+            pass  # fail here, at construction, on a path that cannot be a database
 
     # -- writing, in the caller's transaction ----------------------------------------
 
@@ -117,15 +128,24 @@ class SQLiteOutbox:
                 f"got {db!r}"
             )
         payload = event.to_json()  # an unserializable event fails here, before any write
+        if not db.in_transaction and (
+            db.isolation_level is None or getattr(db, "autocommit", None) is True
+        ):
+            raise OutboxError(
+                f"outbox.add() was given {db!r} in autocommit mode with no transaction open, "
+                "so the event would commit alone, whatever happens to the writes it goes "
+                "with: open the transaction first (db.execute('BEGIN')), or use a connection "
+                "in the default mode, where the first write opens one"
+            )
         self._check(db)  # a PRAGMA, microseconds: the same file, or the event is refused
-        with self._errors("add an event"):
+        with self._db.errors("add an event"):
             db.execute(
                 f"INSERT INTO {self.table} (event_type, payload, added_at) VALUES (?, ?, ?)",
                 (event.event_type, payload, time.time()),
             )
 
     def _check(self, db: sqlite3.Connection) -> None:
-        with self._errors("check the connection it was given"):
+        with self._db.errors("check the connection it was given"):
             files = [row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"]
         if not files or os.path.realpath(files[0]) != self._real:
             raise OutboxError(
@@ -138,46 +158,27 @@ class SQLiteOutbox:
 
     def __len__(self) -> int:
         """Rows waiting to be sent."""
-        with self._errors("count its rows"):
-            (count,) = self._connection().execute(f"SELECT count(*) FROM {self.table}").fetchone()
+        with self._db.errors("count its rows"), self._db.lend() as db:
+            (count,) = db.execute(f"SELECT count(*) FROM {self.table}").fetchone()
         return int(count)
 
     def rows(self, limit: int | None = None) -> list[OutboxRow]:
         """The rows waiting, oldest first (all, or the first ``limit``)."""
-        with self._errors("read its rows"):
-            found = (
-                self._connection()
-                .execute(
-                    f"SELECT seq, event_type, payload, attempts, next_try_at, last_error "
-                    f"FROM {self.table} ORDER BY seq LIMIT ?",
-                    (-1 if limit is None else limit,),
-                )
-                .fetchall()
-            )
+        with self._db.errors("read its rows"), self._db.lend() as db:
+            found = db.execute(
+                f"SELECT seq, event_type, payload, attempts, next_try_at, last_error "
+                f"FROM {self.table} ORDER BY seq LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
         return [OutboxRow(*row) for row in found]
 
-    @contextlib.contextmanager
-    def _transaction(self) -> c.Iterator[sqlite3.Connection]:
-        """A write transaction of this thread's own connection (the relay's)."""
-        db = self._connection()
-        with self._errors("write"):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # never left open on this thread's connection
-                    db.execute("ROLLBACK")
-                raise
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on a connection of the outbox's own (the relay's)."""
+        return self._db.write("write")
 
     def close(self) -> None:
-        """Close the connections of every thread; a later use opens new ones."""
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for db in connections:
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
-        self._local = threading.local()
+        """Close the outbox's connections; a later use opens new ones."""
+        self._db.close()
 
     def __enter__(self) -> t.Self:
         return self
@@ -187,44 +188,3 @@ class SQLiteOutbox:
 
     def __repr__(self) -> str:
         return f"<SQLiteOutbox {self.path!r} table={self.table!r}>"
-
-    # -- connections -----------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        db: sqlite3.Connection | None = getattr(local, "db", None)
-        if db is not None and getattr(local, "pid", None) == os.getpid():
-            return db
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                "seq INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, "
-                "payload TEXT NOT NULL, added_at REAL NOT NULL, "
-                "attempts INTEGER NOT NULL DEFAULT 0, next_try_at REAL NOT NULL DEFAULT 0, "
-                "last_error TEXT)"
-            )
-            db.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.lease_table} ("
-                "id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, "
-                "token INTEGER NOT NULL, until REAL NOT NULL)"
-            )
-        except BaseException:
-            db.close()
-            raise
-        local.db, local.pid = db, os.getpid()
-        with self._lock:
-            self._connections.append(db)
-        return db
-
-    @contextlib.contextmanager
-    def _errors(self, doing: str) -> c.Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as error:
-            raise OutboxError(
-                f"{self!r} could not {doing}: {type(error).__name__}: {error}; check that the "
-                "file is a SQLite database this process can write"
-            ) from error

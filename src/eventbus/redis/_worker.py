@@ -730,15 +730,8 @@ class Worker:
         if as_type is not None:  # an unreadable entry: the letter names the type it claimed
             letter = dataclasses.replace(letter, event_type=as_type)
         children: list[Event] = []
-        if sub.on_give_up is not None:  # what it publishes is written with the letter
-            hook = Attempt(event)
-            token = running.set(hook)
-            try:
-                if not give_up(sub, letter):
-                    hook.children.clear()
-            finally:
-                running.reset(token)
-            children = hook.children
+        if sub.on_give_up is not None:  # in a thread: a plain function may block
+            children = await asyncio.to_thread(_call_give_up, sub, letter)
         store = self.broker.dead_letters
         keys = store.keys
         async with self._client.pipeline(transaction=True) as pipe:
@@ -923,3 +916,13 @@ def groups(broker: RedisBroker) -> list[dict[str, t.Any]]:
         }
         for info in infos
     ]
+
+
+def _call_give_up(sub: Subscription, letter: DeadLetter) -> list[Event]:
+    """Run ``sub``'s ``on_give_up``; what it published, to be written with its letter."""
+    hook = Attempt(letter.event)
+    token = running.set(hook)
+    try:
+        return hook.children if give_up(sub, letter) else []
+    finally:
+        running.reset(token)
