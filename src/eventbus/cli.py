@@ -346,7 +346,7 @@ def _relay(bus: EventBus, args: argparse.Namespace) -> Relay:
         outbox = SQLiteOutbox(args.outbox, table=args.table)
     except OutboxError as error:
         raise CommandError(str(error)) from None
-    return Relay(bus, outbox, batch=args.batch, lease=args.lease)
+    return Relay(bus, outbox, batch=args.batch, lease=args.lease, poll=args.poll)
 
 
 def _log_to_stderr() -> None:
@@ -937,6 +937,13 @@ def _parser() -> argparse.ArgumentParser:
             default=100,
             metavar="N",
             help="rows sent per pass (default 100); a relay killed mid-pass sends them again",
+        )
+        parser.add_argument(
+            "--poll",
+            type=float,
+            default=0.5,
+            metavar="SECONDS",
+            help="how often an empty outbox is looked at again (default 0.5)",
         )
         parser.add_argument(
             "--lease",

@@ -116,6 +116,21 @@ class RedisBroker:
         """The redis-py client this broker publishes with."""
         return self._client
 
+    def groups(self) -> list[dict[str, t.Any]]:
+        """Each handler's consumer group on the stream: what ``python -m eventbus groups`` shows.
+
+        One dict per group: ``handler``, ``pending`` (read and not
+        acknowledged: running, or held by a worker that died until taken
+        over), ``lag`` (not read yet; None when Redis cannot tell, after
+        entries were deleted out of order), ``consumers``,
+        ``last_delivered`` (an entry id) and ``stream_length``. Empty before
+        anything was published or any worker started. ``BrokerError`` when
+        Redis does not answer.
+        """
+        from ._worker import groups
+
+        return groups(self)
+
     # -- the Transport protocol ---------------------------------------------------
 
     def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync]:

@@ -13,6 +13,8 @@
 - :class:`InMemoryBroker` and :func:`use_broker`: a broker bus's delivery
   (a group per handler, attempts as deliveries, dead letters, children with
   the acknowledgement) in this process, for tests without a Redis server.
+- :class:`RedisServer`: a private redis-server on a free loopback port, for
+  tests (and demos) with one.
 
 Installing eventbus installs the pytest plugin (``eventbus.testing.plugin``):
 fixtures ``bus``, ``published``, ``fake_clock`` and ``dead_letters``, and a
@@ -31,11 +33,14 @@ from ._capture import Published, capture
 from ._clock import FakeClock, use_clock
 from ._dead_letters import assert_no_dead_letters, clear_dead_letters
 from ._handlers import isolate, override
+from ._redis_server import RedisServer, RedisServerMissing
 
 __all__ = [
     "FakeClock",
     "InMemoryBroker",
     "Published",
+    "RedisServer",
+    "RedisServerMissing",
     "assert_no_dead_letters",
     "capture",
     "clear_dead_letters",
