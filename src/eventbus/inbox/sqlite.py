@@ -107,6 +107,17 @@ class SQLiteInbox:
 
     # -- the strong form -------------------------------------------------------------
 
+    @property
+    def handling(self) -> bool:
+        """Whether an idempotent handler of a bus with this inbox runs here, unrecorded yet.
+
+        That is, whether :meth:`transaction` may be opened now: code shared
+        by handlers and by other callers (a web request) can ask, and open a
+        plain transaction of its own when not.
+        """
+        state = handling.get()
+        return state is not None and state.inbox is self and not (state.recorded or state.writing)
+
     @contextlib.contextmanager
     def transaction(self) -> c.Iterator[sqlite3.Connection]:
         """The running idempotent handler's writes and its record, in one SQLite transaction.
