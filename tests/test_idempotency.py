@@ -401,6 +401,33 @@ def test_a_closed_inbox_opens_new_connections_and_closes_other_threads_ones(
     inbox.close()
 
 
+def test_handling_says_when_the_inbox_transaction_may_be_opened(tmp_path: pathlib.Path) -> None:
+    inbox, bus, _ = shop(tmp_path / "shop.db")
+    seen: list[tuple[str, bool]] = []
+
+    @bus.subscribe(idempotent=True, name="pay")
+    def pay(event: PaymentCaptured) -> None:
+        seen.append(("before", inbox.handling))
+        with inbox.transaction():
+            seen.append(("inside", inbox.handling))  # open already: not a second one
+        seen.append(("after", inbox.handling))  # recorded: not again in this run
+
+    @bus.subscribe(name="plain")
+    def plain(event: PaymentCaptured) -> None:
+        seen.append(("plain", inbox.handling))
+
+    assert not inbox.handling  # outside any handler
+    bus.publish(PaymentCaptured(order_id="o1"))
+    assert seen == [("before", True), ("inside", False), ("after", False), ("plain", False)]
+    other = EventBus(inbox=InMemoryInbox())
+    other.subscribe(PaymentCaptured, idempotent=True, name="elsewhere")(
+        lambda event: seen.append(("other bus", inbox.handling))
+    )
+    other.publish(PaymentCaptured(order_id="o2"))
+    assert seen[-1] == ("other bus", False)  # another inbox's handler
+    inbox.close()
+
+
 # -- the property: with the transactional form, each effect happens exactly once -----------
 
 #: Where a delivery may stop: not at all, before the handler, inside the transaction

@@ -17,6 +17,7 @@ import pathlib
 import sqlite3
 import time
 import typing as t
+import uuid
 
 import pytest
 
@@ -213,6 +214,46 @@ def test_what_an_on_give_up_hook_publishes_is_written_with_the_letter(bus: Event
     assert [e["order_id"] for e in shipped] == ["compensated"]
     assert shipped[0]["causation_id"] == str(ordered.event_id)
     assert pending(bus, "shop.charge") == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_event_made_in_a_handler_or_its_hook_follows_from_the_event_handled(
+    bus: EventBus, kind: str
+) -> None:
+    """Made, not published through the bus (an outbox.add, say): causation set all the same."""
+    made: list[Shipped] = []
+
+    def gave_up(letter: DeadLetter) -> None:
+        made.append(Shipped(order_id="hook"))
+
+    if kind == "sync":
+
+        @bus.subscribe(name="shop.ship")
+        def ship(event: Ordered) -> None:
+            made.append(Shipped(order_id=event.order_id))
+
+    else:
+
+        @bus.subscribe(name="shop.ship")
+        async def ship_async(event: Ordered) -> None:
+            made.append(Shipped(order_id=event.order_id))
+
+    @bus.subscribe(name="shop.fail", retry=RetryPolicy(max_attempts=1), on_give_up=gave_up)
+    def fail(event: Ordered) -> None:
+        raise ValueError("no")
+
+    ordered = Ordered(order_id="o1", correlation_id=uuid.uuid4())
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            bus.publish(ordered)
+            await until(lambda: worker.handled == 2)
+
+    asyncio.run(main())
+    assert sorted(event.order_id for event in made) == ["hook", "o1"]
+    for event in made:
+        assert event.causation_id == ordered.event_id
+        assert event.correlation_id == ordered.correlation_id
 
 
 def test_an_unreadable_entry_is_a_dead_letter_keeping_its_fields_and_the_worker_goes_on(

@@ -147,3 +147,34 @@ def test_an_idempotent_handler_runs_once_per_event_on_the_in_memory_broker(
         assert len(shipped) == 3  # app.ship's for each entry (not idempotent), charge's once
         assert len(bus.dead_letters) == 0
     assert bus.inbox is real_inbox
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["drain", "drain_async"])
+def test_an_event_made_in_a_handler_or_its_hook_follows_from_the_event_handled(
+    use_async: bool,
+) -> None:
+    """As on a worker: made, not published through the bus, it still names its cause."""
+    bus = EventBus(broker=InMemoryBroker(), retry=RetryPolicy(max_attempts=1), clock=FakeClock())
+    made: list[Shipped] = []
+
+    @bus.subscribe(name="app.ship")
+    async def ship(event: Placed) -> None:
+        made.append(Shipped(order_id=event.order_id))
+
+    @bus.subscribe(
+        name="app.fail", on_give_up=lambda letter: made.append(Shipped(order_id="hook"))
+    )
+    def fail(event: Placed) -> None:
+        raise ValueError("no")
+
+    placed = Placed(order_id="o1")
+    bus.publish(placed)
+    broker = bus.broker
+    assert isinstance(broker, InMemoryBroker)
+    if use_async:
+        asyncio.run(broker.drain_async())
+    else:
+        broker.drain()
+    assert sorted(event.order_id for event in made) == ["hook", "o1"]
+    assert {event.causation_id for event in made} == {placed.event_id}
+    assert {event.correlation_id for event in made} == {placed.event_id}

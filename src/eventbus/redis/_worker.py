@@ -37,6 +37,7 @@ import redis.asyncio as aredis
 from pydantic import ValidationError
 
 from .. import signals
+from ..context import current
 from ..dead_letters.letter import DeadLetter, UndefinedEvent, describe
 from ..errors import BrokerError, EventBusError
 from ..events import Event, EventSerializationError, UnknownEventTypeError
@@ -587,6 +588,7 @@ class Worker:
         call = HandlerCall(self.bus, sub, PublishResult(event), attempt)
         state = Handling(self._inbox, sub.name, event.event_id) if sub.idempotent else None
         token = running.set(run)
+        handled = current.set(call.result)  # events made in the handler follow from this one
         handling_token = handling.set(state) if state is not None else None
         try:
             await chain_async(middleware, innermost)(event, call)
@@ -600,6 +602,7 @@ class Worker:
         finally:
             if handling_token is not None:
                 handling.reset(handling_token)
+            current.reset(handled)
             running.reset(token)
         run.recorded = state is not None and state.recorded
         return None
@@ -922,7 +925,9 @@ def _call_give_up(sub: Subscription, letter: DeadLetter) -> list[Event]:
     """Run ``sub``'s ``on_give_up``; what it published, to be written with its letter."""
     hook = Attempt(letter.event)
     token = running.set(hook)
+    handled = current.set(PublishResult(letter.event))  # what it makes follows from the event
     try:
         return hook.children if give_up(sub, letter) else []
     finally:
+        current.reset(handled)
         running.reset(token)

@@ -22,6 +22,7 @@ import typing as t
 
 from .. import signals
 from ..cascade import _stamped
+from ..context import current
 from ..dead_letters import DeadLetter, InMemoryDeadLetterStore
 from ..failures import _log, attempt_failed, give_up
 from ..handlers.selection import select, unmatched_error
@@ -190,6 +191,7 @@ class InMemoryBroker:
         middleware += [m for m in bus.middleware if m.applies_to(sub)]
         call = HandlerCall(bus, sub, PublishResult(event), attempt)
         token = _running.set(run)
+        handled = current.set(call.result)  # events made in the handler follow from this one
         try:
             if sub.is_async:
 
@@ -212,6 +214,7 @@ class InMemoryBroker:
             run.children.clear()  # a failed attempt publishes nothing
             return error
         finally:
+            current.reset(handled)
             _running.reset(token)
         return None
 
@@ -235,9 +238,11 @@ class InMemoryBroker:
         if sub.on_give_up is not None:  # what it publishes is written with the letter
             hook = _Attempt(event)
             token = _running.set(hook)
+            handled = current.set(PublishResult(event))
             try:
                 written = give_up(sub, letter)
             finally:
+                current.reset(handled)
                 _running.reset(token)
             if written:
                 self._write(bus, hook.children, sub.name)

@@ -61,7 +61,7 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One private redis-server process in ``directory``, on a free loopback port.
+    """One private redis-server process in ``directory`` (made if missing), on a free loopback port.
 
     ``start()``, ``stop()`` (SIGTERM), ``kill()`` (SIGKILL, as a crash),
     ``restart()`` on the same port with the same data, ``url``; use it as a
@@ -75,6 +75,7 @@ class RedisServer:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.program = program()
         self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
