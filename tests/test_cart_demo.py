@@ -98,6 +98,14 @@ FACTS = {
         "to finn@example.com: Order order-1 cancelled: out of stock: LAMP (2 wanted, 1 left)",
         "dead letters:\n    none",
     ],
+    "payments-killed": [  # one reservation, one charge (the gateway asked twice), one email
+        "BOOK 4 (was 5), MUG 9 (was 10), LAMP 1",
+        "order-1  confirmed  $57.00",
+        "order-1  charged  $57.00  pay-1  (2 charge attempts)",
+        "emails:\n    to hana@example.com: Welcome to the shop\n"
+        "    to hana@example.com: Order order-1 confirmed: $57.00 paid\n  dead letters",
+        "dead letters:\n    none",
+    ],
 }
 
 
@@ -145,6 +153,9 @@ def test_the_trees_show_the_cascades() -> None:
     )
     assert "└── RefundPayment" in out["late-charge-refunded"]
     assert "└── OutOfStock" in out["out-of-stock"]
+    killed = out["payments-killed"]
+    assert "payments.charge_payment ✓ after 2 attempts" in killed
+    assert "payment gateway answer lost (the charge was made)" in killed
 
 
 def test_one_scenario_by_name() -> None:
@@ -170,7 +181,8 @@ def test_an_unknown_scenario_is_a_clear_error() -> None:
     assert done.stdout == ""
     assert (
         "error: unknown scenario 'black-friday'; choose from: happy-path, payment-declined, "
-        "flaky-payment, gateway-down, gateway-down-for-good, late-charge-refunded, out-of-stock"
+        "flaky-payment, gateway-down, gateway-down-for-good, late-charge-refunded, out-of-stock, "
+        "payments-killed"
     ) in done.stderr
 
 

@@ -3,7 +3,9 @@
 This is the only file that imports every module. The modules never call
 one another: each gets a ``publish`` function, and its ``handlers()``
 registry (its bound methods, named ``module.what``) is included in the bus,
-so every ``Shop`` starts with fresh state.
+so every ``Shop`` starts with fresh state. Each module keeps its state in a
+store of its own (in memory here; in its service's SQLite file when the shop
+runs as services, ``examples.cart.services``) and publishes through it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .checkout.service import CheckoutSaga
 from .notifications.service import Notifications
 from .payments.gateway import FakeGateway
 from .payments.service import Payments
+from .storage import MemoryStore
 from .users.service import ScryptCost, Users
 
 Mode: t.TypeAlias = t.Literal["sync", "async"]
@@ -62,13 +65,13 @@ class Shop:
         self.bus = bus = EventBus(clock=clock)
         publish = self.publish
 
-        self.users = Users(publish, cost=password_cost)
-        self.catalog = Catalog(publish)
-        self.carts = Carts(publish)
-        self.gateway = FakeGateway()
-        self.payments = Payments(publish, self.gateway)
-        self.checkout = CheckoutSaga(publish)
-        self.notifications = Notifications(publish)
+        self.users = Users(MemoryStore(publish), cost=password_cost)
+        self.catalog = Catalog(MemoryStore(publish))
+        self.carts = Carts(MemoryStore(publish))
+        self.gateway = FakeGateway()  # another company's system: its own store
+        self.payments = Payments(self.gateway, MemoryStore(publish))
+        self.checkout = CheckoutSaga(MemoryStore(publish))
+        self.notifications = Notifications(MemoryStore(publish))
 
         # Each module subscribes its own handlers; the shop only joins them.
         for module in (
@@ -100,6 +103,11 @@ class Shop:
             self._runner.run(self.bus.publish_async(event))
         else:
             self.bus.publish(event)
+
+    def payments_die_mid_charge(self) -> None:
+        """In one process nothing can die alone: the gateway's answer to the next charge is
+        lost instead (the charge is made; the handler fails, and its retry asks again)."""
+        self.gateway.lose_next_answer()
 
     def redrive(self, letter: DeadLetter) -> PublishResult:
         """An operator's redrive of a dead letter, in the shop's mode."""

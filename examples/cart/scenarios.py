@@ -14,12 +14,20 @@ from __future__ import annotations
 import collections.abc as c
 import dataclasses
 import textwrap
+import typing as t
 
-from eventbus import DeadLetter, SystemClock
+from eventbus import DeadLetter, EventBus, SystemClock
 from eventbus.tracing import Trace
 
 from .app import PRODUCTS, Mode, Shop
+from .cart.service import Carts
+from .catalog.service import Catalog
+from .checkout.service import Cancelled, CheckoutSaga, Compensating
+from .notifications.service import Notifications
 from .payments.events import ChargePayment
+from .payments.gateway import FakeGateway
+from .payments.service import Payments
+from .users.service import Users
 
 #: Every shopper's password (the tests check that it never leaves the users module).
 PASSWORD = "correct horse battery staple"
@@ -28,18 +36,41 @@ PASSWORD = "correct horse battery staple"
 PREFIX = "examples.cart."
 
 
+class ShopFront(t.Protocol):
+    """What a scenario acts on: the in-process :class:`Shop`, or the services demo's front.
+
+    The modules (their actions are what users and staff do), the gateway's
+    switches, the bus whose dead letters an operator reads, and the
+    operator's redrive.
+    """
+
+    users: Users
+    catalog: Catalog
+    carts: Carts
+    checkout: CheckoutSaga
+    payments: Payments
+    notifications: Notifications
+    gateway: FakeGateway
+    bus: EventBus
+
+    def redrive(self, letter: DeadLetter) -> object: ...
+
+    def payments_die_mid_charge(self) -> None:
+        """The payments module dies while its next charge waits for the gateway's answer."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     summary: str  # one line, for --help
-    play: c.Callable[[Shop], None]
+    play: c.Callable[[ShopFront], None]
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
-def scenario(name: str, summary: str) -> c.Callable[[c.Callable[[Shop], None]], Scenario]:
-    def define(play: c.Callable[[Shop], None]) -> Scenario:
+def scenario(name: str, summary: str) -> c.Callable[[c.Callable[[ShopFront], None]], Scenario]:
+    def define(play: c.Callable[[ShopFront], None]) -> Scenario:
         SCENARIOS[name] = Scenario(name, summary, play)
         return SCENARIOS[name]
 
@@ -47,7 +78,7 @@ def scenario(name: str, summary: str) -> c.Callable[[c.Callable[[Shop], None]], 
 
 
 @scenario("happy-path", "Ada buys a book and two mugs: stock reserved, charged, confirmed")
-def happy_path(shop: Shop) -> None:
+def happy_path(shop: ShopFront) -> None:
     shop.gateway.accept()
     token = shopper(shop, "ada@example.com")
     shop.carts.add(token, "BOOK")
@@ -59,7 +90,7 @@ def happy_path(shop: Shop) -> None:
 
 
 @scenario("payment-declined", "Bob's card is declined: stock released, order cancelled")
-def payment_declined(shop: Shop) -> None:
+def payment_declined(shop: ShopFront) -> None:
     shop.gateway.decline("insufficient funds")
     shop.users.register("bob@example.com", PASSWORD)
     assert shop.users.log_in("bob@example.com", "correct horse battery stapler") is None  # typo
@@ -69,7 +100,7 @@ def payment_declined(shop: Shop) -> None:
 
 
 @scenario("flaky-payment", "the gateway times out twice; retries get Cleo's payment through")
-def flaky_payment(shop: Shop) -> None:
+def flaky_payment(shop: ShopFront) -> None:
     shop.gateway.flaky(failures=2)
     token = shopper(shop, "cleo@example.com")
     shop.carts.add(token, "MUG", 3)
@@ -77,7 +108,7 @@ def flaky_payment(shop: Shop) -> None:
 
 
 @scenario("gateway-down", "Dan's charge is dead-lettered; redriven once the gateway is back")
-def gateway_down(shop: Shop) -> None:
+def gateway_down(shop: ShopFront) -> None:
     shop.gateway.down()
     token = shopper(shop, "dan@example.com")
     shop.carts.add(token, "BOOK")
@@ -88,7 +119,7 @@ def gateway_down(shop: Shop) -> None:
 
 
 @scenario("gateway-down-for-good", "Eve's charge is dead-lettered; abandoned, compensated")
-def gateway_down_for_good(shop: Shop) -> None:
+def gateway_down_for_good(shop: ShopFront) -> None:
     shop.gateway.down()
     token = shopper(shop, "eve@example.com")
     shop.carts.add(token, "MUG")
@@ -100,7 +131,7 @@ def gateway_down_for_good(shop: Shop) -> None:
 
 
 @scenario("late-charge-refunded", "Gina's order is abandoned, then its charge redriven: refunded")
-def late_charge_refunded(shop: Shop) -> None:
+def late_charge_refunded(shop: ShopFront) -> None:
     shop.gateway.down()
     token = shopper(shop, "gina@example.com")
     shop.carts.add(token, "BOOK")
@@ -113,14 +144,26 @@ def late_charge_refunded(shop: Shop) -> None:
 
 
 @scenario("out-of-stock", "Finn wants two lamps, one is left: nothing reserved, cancelled")
-def out_of_stock(shop: Shop) -> None:
+def out_of_stock(shop: ShopFront) -> None:
     token = shopper(shop, "finn@example.com")
     shop.carts.add(token, "MUG")
     shop.carts.add(token, "LAMP", 2)
     shop.carts.checkout(token)
 
 
-def shopper(shop: Shop, email: str, *, registered: bool = False) -> str:
+@scenario("payments-killed", "payments dies mid-charge and comes back: Hana is charged once")
+def payments_killed(shop: ShopFront) -> None:
+    token = shopper(shop, "hana@example.com")
+    shop.carts.add(token, "BOOK")
+    shop.carts.add(token, "MUG")
+    # In process, the gateway's answer to the charge is lost (the handler fails and is
+    # retried); as services, the payments worker is killed with SIGKILL while it waits for
+    # it, and started again. Either way the gateway is asked twice and charges once.
+    shop.payments_die_mid_charge()
+    shop.carts.checkout(token)
+
+
+def shopper(shop: ShopFront, email: str, *, registered: bool = False) -> str:
     """Register (unless ``registered``), log in, and return the session token."""
     if not registered:
         shop.users.register(email, PASSWORD)
@@ -129,7 +172,7 @@ def shopper(shop: Shop, email: str, *, registered: bool = False) -> str:
     return token
 
 
-def charge_letter(shop: Shop, order_id: str) -> DeadLetter:
+def charge_letter(shop: ShopFront, order_id: str) -> DeadLetter:
     """The dead letter of an order's charge."""
     for letter in shop.bus.dead_letters:
         if isinstance(letter.event, ChargePayment) and letter.event.order_id == order_id:
@@ -163,7 +206,7 @@ def show(scenario: Scenario, mode: Mode = "sync") -> str:
         return "\n".join([heading, "", trace.render(strip_prefix=PREFIX), "", final_state(shop)])
 
 
-def final_state(shop: Shop) -> str:
+def final_state(shop: ShopFront) -> str:
     """Stock per product, orders, payments, emails and dead letters, as the demo prints them."""
     opening = {sku: stock for sku, _, _, stock in PRODUCTS}
     stock = [
@@ -172,18 +215,23 @@ def final_state(shop: Shop) -> str:
     ]
     orders = [
         f"{o.order_id}  {o.status}  {money(o.total_cents)}"
-        + (f"  {o.reason}" if o.reason else "")
-        + ("  (refunded)" if o.refunded else "")
+        + (
+            f"  {o.reason}" + ("  (refunded)" if o.refunded else "")
+            if isinstance(o, Compensating | Cancelled)
+            else ""
+        )
         for o in shop.checkout.orders.values()
     ]
-    payments = [
-        f"{p.order_id}  {p.status}  {money(p.amount_cents)}"
-        + (f"  {p.payment_id}" if p.payment_id else "")
-        + (f"  {p.detail}" if p.detail else "")
-        + f"  ({p.attempts} charge attempt{'s' if p.attempts != 1 else ''})"
-        for p in shop.payments.payments.values()
-    ]
-    emails = [f"to {e.to}: {e.subject}" for e in shop.notifications.outbox]
+    payments = []
+    for p in shop.payments.payments.values():
+        tries = shop.gateway.charge_requests(p.order_id)  # the gateway counts them
+        payments.append(
+            f"{p.order_id}  {p.status}  {money(p.amount_cents)}"
+            + (f"  {p.payment_id}" if p.payment_id else "")
+            + (f"  {p.detail}" if p.detail else "")
+            + f"  ({tries} charge attempt{'s' if tries != 1 else ''})"
+        )
+    emails = [f"to {e.to}: {e.subject}" for e in shop.notifications.sent]
     letters = [
         f"{letter.event_type} -> {letter.handler.removeprefix(PREFIX)} ({letter.attempts} attempts)"
         for letter in shop.bus.dead_letters

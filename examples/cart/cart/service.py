@@ -8,14 +8,13 @@ so the user can try again.
 
 from __future__ import annotations
 
-import collections.abc as c
-import itertools
 import logging
 
-from eventbus import Event, HandlerRegistry
+from eventbus import HandlerRegistry
 
 from ..catalog.events import ProductListed
 from ..checkout.events import OrderCancelled, OrderConfirmed
+from ..storage import MemoryStore, Store, Table, transactional
 from ..users.events import UserLoggedIn
 from .events import CheckoutRequested, OrderLine
 
@@ -27,15 +26,16 @@ class NotLoggedInError(PermissionError):
 
 
 class Carts:
-    """The cart module: one cart per user; sync handlers."""
+    """The cart module: one cart per user, in ``store``; sync handlers."""
 
-    def __init__(self, publish: c.Callable[[Event], object]) -> None:
-        self._publish = publish
-        self._sessions: dict[str, str] = {}  # session digest -> user id
-        self.prices: dict[str, int] = {}  # sku -> price in cents, as listed
-        self.carts: dict[str, dict[str, int]] = {}  # user id -> sku -> quantity
-        self.pending: dict[str, CheckoutRequested] = {}  # order id -> checkout, until it ends
-        self._order_numbers = itertools.count(1)
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store if store is not None else MemoryStore()
+        self._sessions: Table[str] = self.store.table("sessions", str)  # digest -> user id
+        self.prices: Table[int] = self.store.table("prices", int)  # sku -> cents, as listed
+        self.carts: Table[dict[str, int]] = self.store.table("carts", dict[str, int])  # by user
+        #: order id -> its checkout, until the order ends
+        self.pending: Table[CheckoutRequested] = self.store.table("pending", CheckoutRequested)
+        self._orders_made: Table[int] = self.store.table("orders_made", int)
 
     def handlers(self) -> HandlerRegistry:
         """This module's handlers, for ``bus.include``, named ``cart.<event>``.
@@ -43,36 +43,43 @@ class Carts:
         The names are stable (dead letters and ``--handlers 'cart.*'`` use them).
         """
         handlers = HandlerRegistry()
-        handlers.subscribe(self.on_user_logged_in, name="cart.user_logged_in")
-        handlers.subscribe(self.on_product_listed, name="cart.product_listed")
-        handlers.subscribe(self.on_order_confirmed, name="cart.order_confirmed")
-        handlers.subscribe(self.on_order_cancelled, name="cart.order_cancelled")
+        handlers.subscribe(self.on_user_logged_in, name="cart.user_logged_in", idempotent=True)
+        handlers.subscribe(self.on_product_listed, name="cart.product_listed", idempotent=True)
+        handlers.subscribe(self.on_order_confirmed, name="cart.order_confirmed", idempotent=True)
+        handlers.subscribe(self.on_order_cancelled, name="cart.order_cancelled", idempotent=True)
         return handlers
 
     # -- user actions: each needs the session token that log-in returned --------------
 
+    @transactional
     def add(self, token: str, sku: str, quantity: int = 1) -> None:
-        cart = self._cart(token)
+        user_id, cart = self._cart(token)
         if sku not in self.prices:
             raise ValueError(f"unknown product {sku!r}")
         _check_quantity(quantity)
         cart[sku] = cart.get(sku, 0) + quantity
+        self.carts.put(user_id, cart)
 
+    @transactional
     def change_quantity(self, token: str, sku: str, quantity: int) -> None:
-        cart = self._cart(token)
+        user_id, cart = self._cart(token)
         if sku not in cart:
             raise ValueError(f"{sku!r} is not in the cart; add it first")
         _check_quantity(quantity)
         cart[sku] = quantity
+        self.carts.put(user_id, cart)
 
+    @transactional
     def remove(self, token: str, sku: str) -> None:
-        cart = self._cart(token)
+        user_id, cart = self._cart(token)
         if cart.pop(sku, None) is None:
             raise ValueError(f"{sku!r} is not in the cart")
+        self.carts.put(user_id, cart)
 
     def contents(self, token: str) -> dict[str, int]:
-        return dict(self._cart(token))
+        return self._cart(token)[1]
 
+    @transactional
     def checkout(self, token: str) -> str:
         """Turn the cart into an order and publish ``CheckoutRequested``; return the order id."""
         user_id = self._user(token)
@@ -83,37 +90,45 @@ class Carts:
             OrderLine(sku=sku, quantity=quantity, unit_price_cents=self.prices[sku])
             for sku, quantity in cart.items()
         )
-        order_id = f"order-{next(self._order_numbers)}"
+        number = self._orders_made.get("count", 0) + 1
+        self._orders_made.put("count", number)
+        order_id = f"order-{number}"
         checkout = CheckoutRequested(
             order_id=order_id,
             user_id=user_id,
             lines=lines,
             total_cents=sum(line.quantity * line.unit_price_cents for line in lines),
         )
-        self.pending[order_id] = checkout
-        del self.carts[user_id]
-        self._publish(checkout)
+        self.pending.put(order_id, checkout)
+        self.carts.delete(user_id)
+        self.store.publish(checkout)
         return order_id
 
     # -- handlers ------------------------------------------------------------------------
 
+    @transactional
     def on_user_logged_in(self, event: UserLoggedIn) -> None:
-        self._sessions[event.session_digest] = event.user_id
+        self._sessions.put(event.session_digest, event.user_id)
 
+    @transactional
     def on_product_listed(self, event: ProductListed) -> None:
-        self.prices[event.sku] = event.price_cents
+        self.prices.put(event.sku, event.price_cents)
 
+    @transactional
     def on_order_confirmed(self, event: OrderConfirmed) -> None:
-        self.pending.pop(event.order_id, None)
+        self.pending.delete(event.order_id)
 
+    @transactional
     def on_order_cancelled(self, event: OrderCancelled) -> None:
         """Put the lines back (once, however often the event comes) so the user can retry."""
-        checkout = self.pending.pop(event.order_id, None)
+        checkout = self.pending.get(event.order_id)
         if checkout is None:
             return
-        cart = self.carts.setdefault(checkout.user_id, {})
+        self.pending.delete(event.order_id)
+        cart = self.carts.get(checkout.user_id, {})
         for line in checkout.lines:
             cart[line.sku] = cart.get(line.sku, 0) + line.quantity
+        self.carts.put(checkout.user_id, cart)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -123,8 +138,10 @@ class Carts:
             raise NotLoggedInError("not logged in: log in first and pass the session token")
         return user_id
 
-    def _cart(self, token: str) -> dict[str, int]:
-        return self.carts.setdefault(self._user(token), {})
+    def _cart(self, token: str) -> tuple[str, dict[str, int]]:
+        """The user's id and a copy of their cart (``carts.put`` it back once changed)."""
+        user_id = self._user(token)
+        return user_id, self.carts.get(user_id, {})
 
 
 def _check_quantity(quantity: int) -> None:

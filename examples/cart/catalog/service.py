@@ -1,19 +1,20 @@
 """Catalog: products with price and stock; reserves stock for an order, all lines or none.
 
-Reservations are kept per order id, which makes both handlers idempotent: a
-``ReserveStock`` delivered twice reserves once and announces
-``StockReserved`` again; a ``ReleaseStock`` delivered twice releases once.
+Both handlers are subscribed ``idempotent=True`` (an event delivered twice is
+skipped), and reservations are kept per order id besides: a second
+``ReserveStock`` for an order (another event) reserves nothing and
+announces ``StockReserved`` again; a second ``ReleaseStock`` releases nothing.
 """
 
 from __future__ import annotations
 
 import collections
-import collections.abc as c
 import dataclasses
 import logging
 
-from eventbus import Event, HandlerRegistry
+from eventbus import HandlerRegistry
 
+from ..storage import MemoryStore, Store, Table, transactional
 from .events import (
     OutOfStock,
     ProductListed,
@@ -36,14 +37,16 @@ class Product:
 
 
 class Catalog:
-    """The catalog module: products and reservations; sync handlers."""
+    """The catalog module: products and reservations in ``store``; sync handlers."""
 
-    def __init__(self, publish: c.Callable[[Event], object]) -> None:
-        self._publish = publish
-        self.products: dict[str, Product] = {}
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store if store is not None else MemoryStore()
+        self.products: Table[Product] = self.store.table("products", Product)
         #: order id -> the lines reserved for it, until released
-        self.reservations: dict[str, tuple[StockLine, ...]] = {}
-        self.released: set[str] = set()
+        self.reservations: Table[tuple[StockLine, ...]] = self.store.table(
+            "reservations", tuple[StockLine, ...]
+        )
+        self.released: Table[bool] = self.store.table("released", bool)  # order ids
 
     def handlers(self) -> HandlerRegistry:
         """This module's handlers, for ``bus.include``, named ``catalog.<event>``.
@@ -51,25 +54,27 @@ class Catalog:
         The names are stable (dead letters and ``--handlers 'catalog.*'`` use them).
         """
         handlers = HandlerRegistry()
-        handlers.subscribe(self.on_reserve_stock, name="catalog.reserve_stock")
-        handlers.subscribe(self.on_release_stock, name="catalog.release_stock")
+        handlers.subscribe(self.on_reserve_stock, name="catalog.reserve_stock", idempotent=True)
+        handlers.subscribe(self.on_release_stock, name="catalog.release_stock", idempotent=True)
         return handlers
 
     # -- actions (the shop's staff) ----------------------------------------------------
 
+    @transactional
     def add_product(self, sku: str, name: str, *, price_cents: int, stock: int) -> None:
         if sku in self.products:
             raise ValueError(f"product {sku} is already listed")
         if price_cents <= 0 or stock < 0:
             raise ValueError(f"{sku}: the price must be > 0 and the stock >= 0")
-        self.products[sku] = Product(sku, name, price_cents, stock)
-        self._publish(ProductListed(sku=sku, name=name, price_cents=price_cents))
+        self.products.put(sku, Product(sku, name, price_cents, stock))
+        self.store.publish(ProductListed(sku=sku, name=name, price_cents=price_cents))
 
     # -- handlers ----------------------------------------------------------------------
 
+    @transactional
     def on_reserve_stock(self, event: ReserveStock) -> None:
         if event.order_id in self.reservations:  # delivered again: announce, reserve nothing
-            self._publish(StockReserved(order_id=event.order_id))
+            self.store.publish(StockReserved(order_id=event.order_id))
             return
         if event.order_id in self.released:
             logger.warning("ignoring ReserveStock for %s: already released", event.order_id)
@@ -81,23 +86,30 @@ class Catalog:
             product = self.products.get(sku)
             available = product.stock if product else 0
             if available < quantity:  # all lines or none: nothing was taken yet
-                self._publish(
+                self.store.publish(
                     OutOfStock(
                         order_id=event.order_id, sku=sku, requested=quantity, available=available
                     )
                 )
                 return
-        for line in event.lines:
-            self.products[line.sku].stock -= line.quantity
-        self.reservations[event.order_id] = event.lines
-        self._publish(StockReserved(order_id=event.order_id))
+        self._add_stock(event.lines, -1)
+        self.reservations.put(event.order_id, event.lines)
+        self.store.publish(StockReserved(order_id=event.order_id))
 
+    @transactional
     def on_release_stock(self, event: ReleaseStock) -> None:
-        lines = self.reservations.pop(event.order_id, None)
+        lines = self.reservations.get(event.order_id)
         if lines is None and event.order_id not in self.released:
             logger.warning("ignoring ReleaseStock for %s: nothing reserved", event.order_id)
             return
-        for line in lines or ():  # None: released before, announce again only
-            self.products[line.sku].stock += line.quantity
-        self.released.add(event.order_id)
-        self._publish(StockReleased(order_id=event.order_id))
+        if lines is not None:  # None: released before, announce again only
+            self._add_stock(lines, +1)
+            self.reservations.delete(event.order_id)
+        self.released.put(event.order_id, True)
+        self.store.publish(StockReleased(order_id=event.order_id))
+
+    def _add_stock(self, lines: tuple[StockLine, ...], sign: int) -> None:
+        for line in lines:
+            product = self.products[line.sku]
+            product.stock += sign * line.quantity
+            self.products.put(product.sku, product)

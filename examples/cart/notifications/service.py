@@ -1,4 +1,4 @@
-"""Notifications: the emails the shop sends, recorded in ``outbox`` instead of sent.
+"""Notifications: the emails the shop sends, recorded in ``sent`` instead of sent.
 
 Async handlers, as a real mail client would be. Addresses are learnt from
 ``UserRegistered``, so the order events need carry only a user id. Every
@@ -9,13 +9,13 @@ handler is subscribed with ``idempotent=True``: an event delivered twice
 from __future__ import annotations
 
 import asyncio
-import collections.abc as c
 import dataclasses
 
-from eventbus import Event, HandlerRegistry
+from eventbus import HandlerRegistry
 
 from ..checkout.events import OrderCancelled, OrderConfirmed
 from ..payments.events import PaymentRefunded
+from ..storage import MemoryStore, Store, Table
 from ..users.events import LoginFailed, UserRegistered
 from .events import EmailSent
 
@@ -27,12 +27,17 @@ class Email:
 
 
 class Notifications:
-    """The notifications module: an outbox of emails; async handlers."""
+    """The notifications module: the addresses and the emails sent, in ``store``; async handlers."""
 
-    def __init__(self, publish: c.Callable[[Event], object]) -> None:
-        self._publish = publish
-        self.addresses: dict[str, str] = {}  # user id -> email
-        self.outbox: list[Email] = []  # in the order sent
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store if store is not None else MemoryStore()
+        self.addresses: Table[str] = self.store.table("addresses", str)  # user id -> email
+        self._sent: Table[Email] = self.store.table("sent", Email)  # by number, in order
+
+    @property
+    def sent(self) -> list[Email]:
+        """The emails sent, in order."""
+        return list(self._sent.values())
 
     def handlers(self) -> HandlerRegistry:
         """This module's handlers, for ``bus.include``, named ``notifications.<event>``.
@@ -56,8 +61,7 @@ class Notifications:
         return handlers
 
     async def on_user_registered(self, event: UserRegistered) -> None:
-        self.addresses[event.user_id] = event.email
-        await self._send(event.user_id, "Welcome to the shop")
+        await self._send(event.user_id, "Welcome to the shop", to=event.email)
 
     async def on_login_failed(self, event: LoginFailed) -> None:
         """Warn the owner of a known address; never write to an address nobody registered."""
@@ -79,11 +83,21 @@ class Notifications:
             event.user_id, f"Refund for order {event.order_id}: {money(event.amount_cents)}"
         )
 
-    async def _send(self, user_id: str, subject: str) -> None:
-        email = Email(self.addresses.get(user_id, f"<unknown user {user_id}>"), subject)
+    async def _send(self, user_id: str, subject: str, *, to: str | None = None) -> None:
+        """Send, then record the email (and ``to`` as the user's address) in one transaction.
+
+        The SMTP round trip comes first, outside the transaction (an await
+        inside it would hold the service's SQLite write lock): a service
+        killed between the two sends that email again when the event comes
+        again, as any mail client that cannot take part in the transaction.
+        """
+        email = Email(to or self.addresses.get(user_id, f"<unknown user {user_id}>"), subject)
         await asyncio.sleep(0)  # stands for the SMTP round trip
-        self.outbox.append(email)
-        self._publish(EmailSent(to=email.to, subject=email.subject))
+        with self.store.transaction():
+            if to is not None:
+                self.addresses.put(user_id, to)
+            self._sent.put(f"{len(self._sent) + 1:06d}", email)
+            self.store.publish(EmailSent(to=email.to, subject=email.subject))
 
 
 def money(cents: int) -> str:

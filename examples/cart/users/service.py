@@ -8,7 +8,6 @@ carry only its SHA-256 digest.
 
 from __future__ import annotations
 
-import collections.abc as c
 import dataclasses
 import hashlib
 import hmac
@@ -16,8 +15,9 @@ import logging
 import re
 import secrets
 
-from eventbus import Event
+from pydantic import BaseModel, ConfigDict, Field
 
+from ..storage import MemoryStore, Store, Table, transactional
 from .events import LoginFailed, UserLoggedIn, UserRegistered
 
 logger = logging.getLogger(__name__)
@@ -41,26 +41,30 @@ class ScryptCost:
 DEFAULT_COST = ScryptCost()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class UserRecord:
+class UserRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
     user_id: str
     email: str
     salt: bytes
-    password_hash: bytes = dataclasses.field(repr=False)
+    password_hash: bytes = Field(repr=False)
 
 
 class Users:
-    """The users module: state and user actions. It handles no events; it publishes."""
+    """The users module: state (in ``store``) and user actions. It handles no events."""
 
-    def __init__(self, publish: c.Callable[[Event], object], *, cost: ScryptCost | None = None):
-        self._publish = publish
+    def __init__(self, store: Store | None = None, *, cost: ScryptCost | None = None):
+        self.store = store if store is not None else MemoryStore()
         self._cost = cost or DEFAULT_COST
-        self._by_email: dict[str, UserRecord] = {}
+        self._by_email: Table[UserRecord] = self.store.table("users", UserRecord)
         # Hashed for unknown emails too, so that a log-in takes as long either way.
-        self._dummy = UserRecord("", "", secrets.token_bytes(16), b"")
+        self._dummy = UserRecord(
+            user_id="", email="", salt=secrets.token_bytes(16), password_hash=b""
+        )
 
     # -- user actions --------------------------------------------------------------
 
+    @transactional
     def register(self, email: str, password: str) -> str:
         """Create a user and return its id; ``ValueError`` says what is wrong with the input."""
         email = normalize_email(email)
@@ -69,12 +73,18 @@ class Users:
         if email in self._by_email:
             raise ValueError(f"{email} is already registered; log in instead")
         salt = secrets.token_bytes(16)
-        user = UserRecord(f"u-{len(self._by_email) + 1}", email, salt, self._hash(password, salt))
-        self._by_email[email] = user
+        user = UserRecord(
+            user_id=f"u-{len(self._by_email) + 1}",
+            email=email,
+            salt=salt,
+            password_hash=self._hash(password, salt),
+        )
+        self._by_email.put(email, user)
         logger.info("registered %s as %s", email, user.user_id)
-        self._publish(UserRegistered(user_id=user.user_id, email=email))
+        self.store.publish(UserRegistered(user_id=user.user_id, email=email))
         return user.user_id
 
+    @transactional
     def log_in(self, email: str, password: str) -> str | None:
         """Return a new session token, or None (and publish LoginFailed) on bad credentials."""
         email = email.strip().lower()
@@ -83,11 +93,11 @@ class Users:
         if user is None or not hmac.compare_digest(expected, user.password_hash):
             reason = "unknown email" if user is None else "wrong password"
             logger.info("log-in refused for %s: %s", email, reason)
-            self._publish(LoginFailed(email=email, reason=reason))
+            self.store.publish(LoginFailed(email=email, reason=reason))
             return None
         token = secrets.token_urlsafe(32)
         logger.info("%s logged in", user.user_id)
-        self._publish(
+        self.store.publish(
             UserLoggedIn(
                 user_id=user.user_id, email=email, session_digest=UserLoggedIn.digest(token)
             )
