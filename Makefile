@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo diagram test lint typecheck bench clean redis-server
+.PHONY: demo demo-services diagram test lint typecheck bench clean redis-server
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.cart
+
+# The same scenarios with the shop as six worker processes on a private Redis (it starts
+# and stops the server and the workers itself).
+demo-services: $(STAMP) redis-server
+	$(BIN)/python -m examples.cart.services
 
 # Redraw the cart example's Mermaid diagram in docs/cart.md from a real run of its scenarios.
 diagram: $(STAMP)

@@ -1,0 +1,313 @@
+"""The services demo: six services as worker processes on a private Redis, and their front.
+
+For each scenario: a namespace and a directory of its own (a fresh shop),
+the six services started (:class:`Processes`), the scenario played through
+:class:`ServicesShop` (what users and staff do runs in this process, on
+the services' own files, like the web front of each service; everything
+that follows runs in the workers, through Redis), and then its cascade, read
+back from the stream, and its final state, read from the services' files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import typing as t
+import uuid
+
+import redis
+
+from eventbus import DeadLetter, Event, EventBus, PublishResult
+
+from ..app import PRODUCTS
+from ..cart.service import Carts
+from ..catalog.service import Catalog
+from ..checkout.service import CheckoutSaga
+from ..notifications.service import Notifications
+from ..payments.gateway import FakeGateway
+from ..payments.service import Payments
+from ..scenarios import PREFIX, Scenario, final_state
+from ..users.service import Users
+from . import SERVICES, Service, open_service
+
+#: How long the services may take to start, or a scenario's cascade to settle (seconds).
+PATIENCE = 60.0
+#: The consumer group the demo reads the cascade back through; it never reads, so Redis
+#: keeps every entry of the scenario (a stream is trimmed up to its slowest group).
+TRACE_GROUP = "demo.trace"
+#: The directory of the repository, where ``python -m eventbus`` finds ``examples``.
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+class ServiceFailedError(RuntimeError):
+    """A service's process ended on its own, or the services never settled."""
+
+
+@dataclasses.dataclass
+class Processes:
+    """The six services' processes for one scenario (logs: ``{data}/{service}.log``)."""
+
+    url: str
+    namespace: str
+    data: pathlib.Path
+    handlers: dict[str, list[str]]  # service -> its handlers' names
+    running: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+
+    def command(self, service: str) -> list[str]:
+        outbox = ["--outbox", str(self.data / f"{service}.db"), "--poll", "0.02", "--lease", "2"]
+        app = f"examples.cart.services:{service}"
+        if not self.handlers[service]:  # users: it only publishes
+            return [sys.executable, "-m", "eventbus", "relay", app, *outbox]
+        concurrency = str(len(self.handlers[service]))  # a slot per handler: none waits
+        return [
+            *(sys.executable, "-m", "eventbus", "worker", app),
+            *("--handlers", f"{service}.*", "--concurrency", concurrency, *outbox),
+        ]
+
+    def start(self, service: str) -> subprocess.Popen[bytes]:
+        environment = {
+            **os.environ,
+            "CART_REDIS_URL": self.url,
+            "CART_NAMESPACE": self.namespace,
+            "CART_DATA": str(self.data),
+        }
+        with (self.data / f"{service}.log").open("ab") as log:
+            process = subprocess.Popen(
+                self.command(service),
+                cwd=ROOT,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        self.running[service] = process
+        return process
+
+    def start_all(self, broker_groups: t.Callable[[], set[str]]) -> None:
+        for service in SERVICES:
+            self.start(service)
+        expected = {name for names in self.handlers.values() for name in names}
+        deadline = time.monotonic() + PATIENCE
+        while not expected <= broker_groups():  # each worker makes its groups as it starts
+            self.check()
+            if time.monotonic() > deadline:
+                raise ServiceFailedError(f"the services did not start in {PATIENCE:g}s")
+            time.sleep(0.02)
+
+    def kill(self, service: str) -> int:
+        """SIGKILL ``service``'s process; its pid."""
+        process = self.running.pop(service)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=PATIENCE)
+        return process.pid
+
+    def check(self) -> None:
+        for service, process in self.running.items():
+            if process.poll() is not None:
+                log = (self.data / f"{service}.log").read_text(errors="replace")
+                raise ServiceFailedError(
+                    f"the {service} service exited with status {process.returncode}:\n{log[-3000:]}"
+                )
+
+    def stop_all(self) -> None:
+        """SIGTERM every service (each finishes what it runs, and exits 0), then wait."""
+        for process in self.running.values():
+            if process.poll() is None:
+                process.terminate()
+        for service, process in self.running.items():
+            try:
+                process.wait(timeout=PATIENCE)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise ServiceFailedError(f"the {service} service did not stop on SIGTERM") from None
+        self.running.clear()
+
+
+class ServicesShop:
+    """The front of the six services for one scenario: what :class:`ShopFront` asks of a shop.
+
+    The modules here work on the services' files, as their web front
+    would: an action commits its writes and the events it publishes (to the
+    service's outbox) in one transaction, and the front then waits until
+    the cascade it started has settled (:meth:`settle`): every outbox sent,
+    every entry of the stream acknowledged by every handler.
+    """
+
+    def __init__(self, url: str, data: pathlib.Path) -> None:
+        self.namespace = f"cart-{uuid.uuid4().hex[:8]}"
+        self.data = data
+        self.notes: list[str] = []  # what happened to the services themselves, for the output
+        self._kill_when_hanging = False
+        self._services: dict[str, Service] = {
+            name: open_service(
+                name, url=url, namespace=self.namespace, data=data, on_commit=self.settle
+            )
+            for name in SERVICES
+        }
+        services = self._services
+        self.users = t.cast(Users, services["users"].module)
+        self.catalog = t.cast(Catalog, services["catalog"].module)
+        self.carts = t.cast(Carts, services["cart"].module)
+        self.payments = t.cast(Payments, services["payments"].module)
+        self.checkout = t.cast(CheckoutSaga, services["checkout"].module)
+        self.notifications = t.cast(Notifications, services["notifications"].module)
+        gateway = services["payments"].gateway
+        assert gateway is not None
+        self.gateway: FakeGateway = gateway
+        self.bus: EventBus = services["payments"].bus  # any: they share the dead letters
+        self._broker = broker = services["payments"].broker
+        self._client: redis.Redis = broker.client
+        self._stream = broker.keys.stream
+        self._client.xgroup_create(self._stream, TRACE_GROUP, id="0", mkstream=True)
+        self.processes = Processes(
+            url, self.namespace, data, {name: s.handlers for name, s in services.items()}
+        )
+        self._settling = False
+        self._opened: bytes = b"0-0"  # the stream's last entry once the shop had opened
+
+    # -- the lifetime of the services -------------------------------------------------
+
+    def __enter__(self) -> t.Self:
+        self.processes.start_all(lambda: {group["handler"] for group in self._broker.groups()})
+        for sku, name, price_cents, stock in PRODUCTS:  # the shop opens
+            self.catalog.add_product(sku, name, price_cents=price_cents, stock=stock)
+        self._opened = self._client.xinfo_stream(self._stream)["last-generated-id"]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.processes.stop_all()
+        finally:
+            for service in self._services.values():
+                service.close()
+
+    # -- what ShopFront asks --------------------------------------------------------------
+
+    def redrive(self, letter: DeadLetter) -> PublishResult:
+        """An operator's redrive: the handler runs again here, on its service's files."""
+        service = self._services[letter.handler.split(".", 1)[0]]
+        result = service.bus.redrive(letter)
+        self.settle()
+        return result
+
+    def payments_die_mid_charge(self) -> None:
+        """The gateway holds the next charge (made) unanswered; the front then SIGKILLs payments."""
+        self.gateway.hang_next_charge()
+        self._kill_when_hanging = True
+
+    # -- waiting for a cascade ----------------------------------------------------------
+
+    def settle(self) -> None:
+        """Wait until nothing moves: outboxes empty, every entry acknowledged, twice alike."""
+        if self._settling:
+            return  # an action of the kill below: its own commit
+        deadline = time.monotonic() + PATIENCE
+        previous: tuple[object, ...] | None = None
+        while True:
+            self.processes.check()
+            if self._kill_when_hanging and self.gateway.state.hanging is not None:
+                self._kill_payments()
+            now = self._quiet()
+            if now is not None and now == previous:
+                return
+            previous = now
+            if time.monotonic() > deadline:
+                raise ServiceFailedError(
+                    f"the services did not settle in {PATIENCE:g}s: {self._broker.groups()}"
+                )
+            time.sleep(0.02)
+
+    def _quiet(self) -> tuple[object, ...] | None:
+        """What the stream and the outboxes hold, if nothing is waiting; None if busy."""
+        last = self._client.xinfo_stream(self._stream)["last-generated-id"]
+        for group in self._broker.groups():
+            if group["handler"] != TRACE_GROUP and (group["pending"] or group["lag"]):
+                return None
+        if any(len(service.store.outbox) for service in self._services.values()):
+            return None
+        return (last,)
+
+    def _kill_payments(self) -> None:
+        self._kill_when_hanging = False
+        self._settling = True
+        try:
+            killed = self.processes.kill("payments")
+            self.gateway.release()  # the request was never answered: its caller is gone
+            restarted = self.processes.start("payments").pid
+        finally:
+            self._settling = False
+        self.notes.append(
+            f"payments (pid {killed}) killed with SIGKILL while its charge waited for the "
+            f"gateway's answer; started again (pid {restarted})"
+        )
+
+    # -- what the demo shows ------------------------------------------------------------
+
+    def cascade(self) -> str:
+        """The events since the shop opened, by causation, with who handled each.
+
+        From the stream (the trace group kept every entry), the services'
+        inbox records (which handler handled which event) and the dead
+        letters. Unlike the in-process trace it cannot tell which handler
+        published an event, so an event's handlers and the events it
+        caused are shown side by side.
+        """
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self._client.xrange(  # type: ignore[assignment]
+            self._stream, min=b"(" + self._opened
+        )
+        events = [Event.from_json(f[b"event_type"].decode(), f[b"payload"]) for _, f in entries]
+        handled: dict[str, list[str]] = {}
+        for service in self._services.values():
+            with contextlib.closing(sqlite3.connect(service.store.path)) as db:
+                for handler, event_id in db.execute(
+                    f"SELECT handler, event_id FROM {service.store.inbox.table}"
+                ):
+                    handled.setdefault(event_id, []).append(f"{handler} ✓")
+        for letter in self.bus.dead_letters:
+            handled.setdefault(str(letter.event.event_id), []).append(
+                f"{letter.handler} ✗ dead letter ({letter.attempts} attempts)"
+            )
+        ids = {str(event.event_id) for event in events}
+        children: dict[str | None, list[Event]] = {}
+        for event in events:
+            cause = str(event.causation_id) if event.causation_id else None
+            children.setdefault(cause if cause in ids else None, []).append(event)
+        lines: list[str] = []
+
+        def show(event: Event, indent: str, last: bool, top: bool) -> None:
+            runs = sorted(handled.get(str(event.event_id), []))
+            below = children.get(str(event.event_id), [])
+            label = type(event).__name__ + ("" if runs or below else " (no handler)")
+            lines.append(label if top else f"{indent}{'└── ' if last else '├── '}{label}")
+            inner = "" if top else indent + ("    " if last else "│   ")
+            items: list[str | Event] = [*runs, *below]
+            for number, item in enumerate(items):
+                end = number == len(items) - 1
+                if isinstance(item, str):
+                    lines.append(f"{inner}{'└── ' if end else '├── '}{item}")
+                else:
+                    show(item, inner, end, top=False)
+
+        for root in children.get(None, []):
+            show(root, "", True, top=True)
+        return "\n".join(lines).replace(PREFIX, "")
+
+
+def show(scenario: Scenario, url: str, data: pathlib.Path) -> str:
+    """Play ``scenario`` through six fresh services; its heading, cascade, notes, final state."""
+    data.mkdir(parents=True)
+    with ServicesShop(url, data) as shop:
+        scenario.play(shop)
+        shop.settle()
+        parts = [f"== {scenario.name}: {scenario.summary}", "", shop.cascade()]
+        parts += ["", *(f"! {note}" for note in shop.notes)] if shop.notes else []
+        parts += ["", final_state(shop)]
+    return "\n".join(parts)
