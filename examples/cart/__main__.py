@@ -7,27 +7,19 @@ state. With no name, every scenario plays, in order.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 
-from .scenarios import SCENARIOS, show
+from .scenarios import chosen, command_line, show
 
 
 def main(argv: list[str] | None = None) -> int:
-    width = max(map(len, SCENARIOS))
-    parser = argparse.ArgumentParser(
-        prog="python -m examples.cart",
-        description="The shopping-cart example of eventbus: six modules that talk only "
-        "through events. Plays the named scenarios (all of them by default) and prints, "
-        "for each, the cascade tree and the final state.",
-        epilog="scenarios:\n"
-        + "\n".join(f"  {s.name:<{width}}  {s.summary}" for s in SCENARIOS.values()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "scenarios", nargs="*", metavar="SCENARIO", help="scenarios to play (default: all)"
+    parser = command_line(
+        "python -m examples.cart",
+        "The shopping-cart example of eventbus: six modules that talk only through events. "
+        "Plays the named scenarios (all of them by default) and prints, for each, the "
+        "cascade tree and the final state.",
     )
     parser.add_argument(
         "--async",
@@ -41,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         "--log", action="store_true", help="also print the log (INFO and up) to stderr"
     )
     args = parser.parse_args(argv)
-    unknown = [name for name in args.scenarios if name not in SCENARIOS]
-    if unknown:
-        parser.error(f"unknown scenario {unknown[0]!r}; choose from: {', '.join(SCENARIOS)}")
+    scenarios = chosen(parser, args.scenarios)
 
     # The trees show every retry and dead letter; the log would repeat them, with tracebacks.
     if args.log:
@@ -51,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         logging.getLogger().addHandler(logging.NullHandler())
 
-    chosen = [SCENARIOS[name] for name in args.scenarios] or list(SCENARIOS.values())
     try:
-        for index, scenario in enumerate(chosen):
+        for index, scenario in enumerate(scenarios):
             print(("\n" if index else "") + show(scenario, args.mode), flush=True)
     except BrokenPipeError:  # piped into `head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

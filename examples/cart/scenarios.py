@@ -11,6 +11,7 @@ one after another in a single shop (``examples.cart.diagram`` does).
 
 from __future__ import annotations
 
+import argparse
 import collections.abc as c
 import dataclasses
 import textwrap
@@ -178,6 +179,30 @@ def charge_letter(shop: ShopFront, order_id: str) -> DeadLetter:
         if isinstance(letter.event, ChargePayment) and letter.event.order_id == order_id:
             return letter
     raise LookupError(f"no dead letter for the charge of {order_id}")
+
+
+def command_line(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a demo's command line: the scenarios to play, listed in ``--help``."""
+    width = max(map(len, SCENARIOS))
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="scenarios:\n"
+        + "\n".join(f"  {s.name:<{width}}  {s.summary}" for s in SCENARIOS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "scenarios", nargs="*", metavar="SCENARIO", help="scenarios to play (default: all)"
+    )
+    return parser
+
+
+def chosen(parser: argparse.ArgumentParser, names: list[str]) -> list[Scenario]:
+    """The scenarios named (all, in order, when none is), or the parser's error for a typo."""
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from: {', '.join(SCENARIOS)}")
+    return [SCENARIOS[name] for name in names] or list(SCENARIOS.values())
 
 
 # -- playing and showing --------------------------------------------------------------------

@@ -9,7 +9,6 @@ final state printed. Everything it started is stopped at the end.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import pathlib
 import sys
@@ -17,41 +16,31 @@ import tempfile
 
 from eventbus.testing import RedisServer, RedisServerMissing
 
-from ..scenarios import SCENARIOS
+from ..scenarios import chosen, command_line
 from .demo import ServiceFailedError, show
 
 
 def main(argv: list[str] | None = None) -> int:
-    width = max(map(len, SCENARIOS))
-    parser = argparse.ArgumentParser(
-        prog="python -m examples.cart.services",
-        description="The shopping-cart example of eventbus as six services (users, catalog, "
-        "cart, payments, checkout, notifications), each a worker process on a private Redis "
-        "with its own SQLite file. Plays the named scenarios (all by default) and prints, "
-        "for each, the cascade and the final state: the same final state as "
+    parser = command_line(
+        "python -m examples.cart.services",
+        "The shopping-cart example of eventbus as six services (users, catalog, cart, "
+        "payments, checkout, notifications), each a worker process on a private Redis with "
+        "its own SQLite file. Plays the named scenarios (all by default) and prints, for "
+        "each, the cascade and the final state: the same final state as "
         "`python -m examples.cart`.",
-        epilog="scenarios:\n"
-        + "\n".join(f"  {s.name:<{width}}  {s.summary}" for s in SCENARIOS.values()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "scenarios", nargs="*", metavar="SCENARIO", help="scenarios to play (default: all)"
     )
     parser.add_argument(
         "--keep", metavar="DIR", help="keep the services' files and logs in DIR (default: none)"
     )
     args = parser.parse_args(argv)
-    unknown = [name for name in args.scenarios if name not in SCENARIOS]
-    if unknown:
-        parser.error(f"unknown scenario {unknown[0]!r}; choose from: {', '.join(SCENARIOS)}")
+    scenarios = chosen(parser, args.scenarios)
     logging.getLogger().addHandler(logging.NullHandler())  # the services log to their files
 
-    chosen = [SCENARIOS[name] for name in args.scenarios] or list(SCENARIOS.values())
     with tempfile.TemporaryDirectory(prefix="cart-services-") as scratch:
         root = pathlib.Path(args.keep) if args.keep else pathlib.Path(scratch)
         try:
             with RedisServer(pathlib.Path(scratch) / "redis") as server:
-                for index, scenario in enumerate(chosen):
+                for index, scenario in enumerate(scenarios):
                     output = show(scenario, server.url, root / scenario.name)
                     print(("\n" if index else "") + output, flush=True)
         except (RedisServerMissing, ServiceFailedError) as error:
