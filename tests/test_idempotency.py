@@ -35,6 +35,10 @@ class PaymentCaptured(Event):
     amount: int = 100
 
 
+class Shipped(Event):
+    order_id: str
+
+
 def publish(bus: EventBus, event: Event, use_async: bool) -> None:
     if use_async:
         asyncio.run(bus.publish_async(event))
@@ -341,6 +345,39 @@ def test_an_async_handler_awaiting_inside_its_transaction_fails_fast_not_blockin
     inbox.close()
 
 
+def test_a_record_while_another_coroutine_holds_the_write_lock_is_refused_at_once(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a wait of the inbox's timeout with the loop stopped: refused, logged with the fix."""
+    inbox, bus, db = shop(tmp_path / "shop.db")
+    inside = asyncio.Event()
+
+    @bus.subscribe(idempotent=True, name="pay")
+    async def record_payment(event: PaymentCaptured) -> None:
+        with inbox.transaction() as tx:
+            tx.execute("INSERT INTO payments VALUES (?, ?)", (event.order_id, event.amount))
+            inside.set()
+            await asyncio.sleep(0.05)  # the mistake: an await holding SQLite's write lock
+
+    @bus.subscribe(idempotent=True, name="audit")
+    async def audit(event: Shipped) -> None:
+        await inside.wait()  # runs while pay's transaction is open; recorded after it
+
+    async def main() -> None:
+        await asyncio.gather(
+            bus.publish_async(PaymentCaptured(order_id="o1")),
+            bus.publish_async(Shipped(order_id="o1")),
+        )
+
+    with caplog.at_level(logging.ERROR, logger="eventbus.idempotency"):
+        asyncio.run(main())
+    assert payments(db) == [("o1", 100)]
+    assert "audit handled" in caplog.text
+    assert "pay's inbox transaction is open on this thread" in caplog.text
+    assert "do the awaits before or after the block" in caplog.text
+    inbox.close()
+
+
 def test_concurrent_async_handlers_each_get_a_connection_of_their_own(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -392,16 +429,26 @@ def test_a_closed_inbox_opens_new_connections_and_closes_other_threads_ones(
 ) -> None:
     inbox = SQLiteInbox(tmp_path / "shop.db")
     event_id = uuid.uuid4()
-    worker = threading.Thread(target=inbox.record, args=("pay", event_id))
+    used: list[sqlite3.Connection] = []
+
+    def in_a_thread() -> None:
+        inbox.record("pay", event_id)
+        with inbox._db.lend() as db:  # the connection that thread used, back in the pool
+            used.append(db)
+
+    worker = threading.Thread(target=in_a_thread)
     worker.start()
     worker.join(timeout=10)
     inbox.close()  # the thread's connection too, not only this thread's
-    assert inbox._db._open == set()
-    assert inbox.seen("pay", event_id)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        used[0].execute("SELECT 1")
+    assert inbox.seen("pay", event_id)  # a new connection
     inbox.close()
 
 
-def test_handling_says_when_the_inbox_transaction_may_be_opened(tmp_path: pathlib.Path) -> None:
+def test_handling_says_whether_an_idempotent_handler_of_the_inbox_runs_here(
+    tmp_path: pathlib.Path,
+) -> None:
     inbox, bus, _ = shop(tmp_path / "shop.db")
     seen: list[tuple[str, bool]] = []
 
@@ -409,8 +456,10 @@ def test_handling_says_when_the_inbox_transaction_may_be_opened(tmp_path: pathli
     def pay(event: PaymentCaptured) -> None:
         seen.append(("before", inbox.handling))
         with inbox.transaction():
-            seen.append(("inside", inbox.handling))  # open already: not a second one
-        seen.append(("after", inbox.handling))  # recorded: not again in this run
+            seen.append(("inside", inbox.handling))
+        seen.append(("after", inbox.handling))  # still: a second transaction would raise
+        with pytest.raises(InboxError, match="opened a second inbox transaction"):
+            inbox.transaction().__enter__()
 
     @bus.subscribe(name="plain")
     def plain(event: PaymentCaptured) -> None:
@@ -418,7 +467,7 @@ def test_handling_says_when_the_inbox_transaction_may_be_opened(tmp_path: pathli
 
     assert not inbox.handling  # outside any handler
     bus.publish(PaymentCaptured(order_id="o1"))
-    assert seen == [("before", True), ("inside", False), ("after", False), ("plain", False)]
+    assert seen == [("before", True), ("inside", True), ("after", True), ("plain", False)]
     other = EventBus(inbox=InMemoryInbox())
     other.subscribe(PaymentCaptured, idempotent=True, name="elsewhere")(
         lambda event: seen.append(("other bus", inbox.handling))

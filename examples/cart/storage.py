@@ -254,7 +254,8 @@ class SQLiteStore(Store):
             try:
                 yield
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # (SQLite may have rolled back already)
+                    db.execute("ROLLBACK")
                 raise
             finally:
                 self._db.reset(token)
@@ -309,6 +310,7 @@ class SQLiteStore(Store):
         db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
             yield db
         finally:
             db.close()

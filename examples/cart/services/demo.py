@@ -117,18 +117,25 @@ class Processes:
                 )
 
     def stop_all(self) -> None:
-        """SIGTERM every service (each finishes what it runs, and exits 0), then wait."""
+        """SIGTERM every service (each finishes what it runs, and exits 0), then wait.
+
+        One that does not stop in time is killed (SIGKILL), after the others
+        were waited for, and named in the error.
+        """
         for process in self.running.values():
             if process.poll() is None:
                 process.terminate()
+        stuck = []
         for service, process in self.running.items():
             try:
                 process.wait(timeout=PATIENCE)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-                raise ServiceFailedError(f"the {service} service did not stop on SIGTERM") from None
+                stuck.append(service)
         self.running.clear()
+        if stuck:
+            raise ServiceFailedError(f"did not stop on SIGTERM (killed): {', '.join(stuck)}")
 
 
 class ServicesShop:
@@ -146,12 +153,15 @@ class ServicesShop:
         self.data = data
         self.notes: list[str] = []  # what happened to the services themselves, for the output
         self._kill_when_hanging = False
-        self._services: dict[str, Service] = {
-            name: open_service(
-                name, url=url, namespace=self.namespace, data=data, on_commit=self.settle
-            )
-            for name in SERVICES
-        }
+        self._services: dict[str, Service] = {}
+        try:
+            for name in SERVICES:
+                self._services[name] = open_service(
+                    name, url=url, namespace=self.namespace, data=data, on_commit=self.settle
+                )
+        except BaseException:
+            self._close()
+            raise
         services = self._services
         self.users = t.cast(Users, services["users"].module)
         self.catalog = t.cast(Catalog, services["catalog"].module)
@@ -166,28 +176,34 @@ class ServicesShop:
         self._broker = broker = services["payments"].broker
         self._client: redis.Redis = broker.client
         self._stream = broker.keys.stream
-        self._client.xgroup_create(self._stream, TRACE_GROUP, id="0", mkstream=True)
         self.processes = Processes(
             url, self.namespace, data, {name: s.handlers for name, s in services.items()}
         )
-        self._settling = False
         self._opened: bytes = b"0-0"  # the stream's last entry once the shop had opened
 
     # -- the lifetime of the services -------------------------------------------------
 
     def __enter__(self) -> t.Self:
-        self.processes.start_all(lambda: {group["handler"] for group in self._broker.groups()})
-        for sku, name, price_cents, stock in PRODUCTS:  # the shop opens
-            self.catalog.add_product(sku, name, price_cents=price_cents, stock=stock)
-        self._opened = self._client.xinfo_stream(self._stream)["last-generated-id"]
+        try:
+            self._client.xgroup_create(self._stream, TRACE_GROUP, id="0", mkstream=True)
+            self.processes.start_all(lambda: {g["handler"] for g in self._broker.groups()})
+            for sku, name, price_cents, stock in PRODUCTS:  # the shop opens
+                self.catalog.add_product(sku, name, price_cents=price_cents, stock=stock)
+            self._opened = self._client.xinfo_stream(self._stream)["last-generated-id"]
+        except BaseException:
+            self.__exit__()  # whatever was started is stopped
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         try:
             self.processes.stop_all()
         finally:
-            for service in self._services.values():
-                service.close()
+            self._close()
+
+    def _close(self) -> None:
+        for service in self._services.values():
+            service.close()
 
     # -- what ShopFront asks --------------------------------------------------------------
 
@@ -207,8 +223,6 @@ class ServicesShop:
 
     def settle(self) -> None:
         """Wait until nothing moves: outboxes empty, every entry acknowledged, twice alike."""
-        if self._settling:
-            return  # an action of the kill below: its own commit
         deadline = time.monotonic() + PATIENCE
         previous: tuple[object, ...] | None = None
         while True:
@@ -226,10 +240,18 @@ class ServicesShop:
             time.sleep(0.02)
 
     def _quiet(self) -> tuple[object, ...] | None:
-        """What the stream and the outboxes hold, if nothing is waiting; None if busy."""
+        """What the stream and the outboxes hold, if nothing is waiting; None if busy.
+
+        A group is done when it read up to the stream's last entry and has
+        none pending (its ``lag`` would say the first, but Redis before 7.0
+        does not tell it).
+        """
         last = self._client.xinfo_stream(self._stream)["last-generated-id"]
+        newest = last.decode() if isinstance(last, bytes) else str(last)
         for group in self._broker.groups():
-            if group["handler"] != TRACE_GROUP and (group["pending"] or group["lag"]):
+            if group["handler"] != TRACE_GROUP and (
+                group["pending"] or group["last_delivered"] != newest
+            ):
                 return None
         if any(len(service.store.outbox) for service in self._services.values()):
             return None
@@ -237,13 +259,9 @@ class ServicesShop:
 
     def _kill_payments(self) -> None:
         self._kill_when_hanging = False
-        self._settling = True
-        try:
-            killed = self.processes.kill("payments")
-            self.gateway.release()  # the request was never answered: its caller is gone
-            restarted = self.processes.start("payments").pid
-        finally:
-            self._settling = False
+        killed = self.processes.kill("payments")
+        self.gateway.release()  # the request was never answered: its caller is gone
+        restarted = self.processes.start("payments").pid
         self.notes.append(
             f"payments (pid {killed}) killed with SIGKILL while its charge waited for the "
             f"gateway's answer; started again (pid {restarted})"
@@ -303,7 +321,7 @@ class ServicesShop:
 
 def show(scenario: Scenario, url: str, data: pathlib.Path) -> str:
     """Play ``scenario`` through six fresh services; its heading, cascade, notes, final state."""
-    data.mkdir(parents=True)
+    data.mkdir(parents=True, exist_ok=True)
     with ServicesShop(url, data) as shop:
         scenario.play(shop)
         shop.settle()

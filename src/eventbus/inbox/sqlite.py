@@ -17,12 +17,11 @@ import contextlib
 import os
 import re
 import sqlite3
-import threading
 import time
 import typing as t
 import uuid
 
-from .._sqlite import Connections, check_path
+from .._sqlite import Connections, check_path, writing
 from .protocol import AlreadyHandled, InboxError, handling
 
 __all__ = ["SQLiteInbox"]
@@ -81,7 +80,6 @@ class SQLiteInbox:
             error=InboxError,
             owner=repr(self),
         )
-        self._writing = threading.local()  # an inbox transaction open on this thread
         with self._db.errors("create its table"), self._db.lend():
             pass  # fail here, at construction, on a path that cannot be a database
 
@@ -98,6 +96,7 @@ class SQLiteInbox:
 
     def record(self, handler: str, event_id: uuid.UUID, /) -> None:
         """Add the pair (on disk when this returns); already there is no error."""
+        self._db.refuse_a_second_writer("write a record")
         with self._db.errors("write a record"), self._db.lend() as db:
             db.execute(
                 f"INSERT OR IGNORE INTO {self.table} (handler, event_id, handled_at) "
@@ -109,14 +108,15 @@ class SQLiteInbox:
 
     @property
     def handling(self) -> bool:
-        """Whether an idempotent handler of a bus with this inbox runs here, unrecorded yet.
+        """Whether an idempotent handler of a bus with this inbox runs here.
 
-        That is, whether :meth:`transaction` may be opened now: code shared
-        by handlers and by other callers (a web request) can ask, and open a
-        plain transaction of its own when not.
+        That is, whether its writes go in :meth:`transaction` (once per run:
+        a second one raises): code shared by handlers and by other callers
+        (a web request) can ask, and open a plain transaction of its own
+        when not.
         """
         state = handling.get()
-        return state is not None and state.inbox is self and not (state.recorded or state.writing)
+        return state is not None and state.inbox is self
 
     @contextlib.contextmanager
     def transaction(self) -> c.Iterator[sqlite3.Connection]:
@@ -146,20 +146,14 @@ class SQLiteInbox:
                 "its writes in one `with inbox.transaction()` block, so that they and the "
                 "record stand or fall together: put them in one block"
             )
-        if getattr(self._writing, "handler", None) is not None:
-            raise InboxError(
-                f"{state.handler} opened an inbox transaction while {self._writing.handler}'s "
-                "is open on the same thread: an async handler awaited inside its `with "
-                "inbox.transaction()` block. SQLite has one writer at a time, so that await "
-                "would hold the write lock and block the event loop: do the awaits before "
-                "or after the block, and only the writes inside it"
-            )
+        self._db.refuse_a_second_writer("open the transaction of " + state.handler)
         with self._db.lend() as db:
             with self._db.errors("begin a transaction"):
                 db.execute("BEGIN IMMEDIATE")
-            state.writing, self._writing.handler = True, state.handler
+            state.writing = True
             try:
-                yield db  # an exception here: lend() rolls the transaction back
+                with writing(self.path, state.handler):
+                    yield db  # an exception here: lend() rolls the transaction back
                 if not db.in_transaction:
                     raise InboxError(
                         f"{state.handler} ended the inbox transaction itself (commit or "
@@ -182,7 +176,7 @@ class SQLiteInbox:
                     db.execute("COMMIT")  # if it fails, lend() rolls back or drops the db
                 state.recorded = True
             finally:
-                state.writing, self._writing.handler = False, None
+                state.writing = False
 
     # -- housekeeping ----------------------------------------------------------------
 

@@ -402,8 +402,9 @@ async def _in_thread(function: t.Callable[..., _R], *args: t.Any) -> _R:
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await running
+        while not running.done():  # a second cancel meanwhile waits for the thread too
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(running)
         raise
 
 
