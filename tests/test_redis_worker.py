@@ -380,7 +380,9 @@ def quick_bus(redis_url: str) -> c.Iterator[EventBus]:
         yield EventBus(broker=broker, clock=FakeClock())
 
 
-def test_an_entry_a_dead_worker_held_is_taken_over_after_claim_idle(quick_bus: EventBus) -> None:
+def test_an_entry_a_dead_worker_held_is_taken_over_after_claim_idle(
+    quick_bus: EventBus, caplog: pytest.LogCaptureFixture
+) -> None:
     bus = quick_bus
     seen: list[str] = []
     bus.subscribe(Ordered, name="shop.record", retry=RetryPolicy(max_attempts=3))(
@@ -395,9 +397,14 @@ def test_an_entry_a_dead_worker_held_is_taken_over_after_claim_idle(quick_bus: E
         async with working(bus, name="alive") as worker:
             await until(lambda: worker.handled == 1)
 
-    asyncio.run(main())
+    with caplog.at_level(logging.INFO, logger="eventbus"):
+        asyncio.run(main())
     assert seen == ["held"]
     assert pending(bus, "shop.record") == 0
+    [took] = [r for r in caplog.records if "took over entry" in r.getMessage()]
+    assert (took.__dict__["worker"], took.__dict__["handler"]) == ("alive", "shop.record")
+    assert took.__dict__["entry_id"] in took.getMessage()
+    assert all(r.__dict__.get("worker") == "alive" for r in caplog.records if "worker" in r.name)
 
 
 def test_a_slow_handler_is_never_handed_to_a_second_worker(quick_bus: EventBus) -> None:

@@ -19,6 +19,7 @@ import threading
 import typing as t
 
 from . import signals
+from ._logs import event_fields
 from .context import current, publisher
 from .errors import CascadeDepthError, SyncPublishError
 from .results import PublishResult
@@ -276,6 +277,7 @@ def end(root: PublishResult) -> None:
             root.event.event_id,
             len(dropped),
             ", ".join(f"{i.event.event_type} (event_id={i.event.event_id})" for i in dropped),
+            extra=event_fields(root.event),
         )
 
 

@@ -15,6 +15,7 @@ import typing as t
 from datetime import datetime
 
 from . import signals
+from ._logs import event_fields
 from .context import publisher
 from .dead_letters import NO_HANDLER, DeadLetter
 from .dead_letters.letter import describe, summary
@@ -50,7 +51,7 @@ def attempt_failed(
         type(error).__name__,
         describe(error),
         delay,
-        extra=_fields(result, sub.name, attempt),
+        extra=event_fields(result.event, sub.name, attempt),
     )
     # What the receivers publish, they publish on the handler's behalf.
     token = publisher.set(sub.name)
@@ -122,7 +123,7 @@ def give_up(sub: Subscription, letter: DeadLetter) -> bool:
             "the on_give_up hook of %s failed on %s; the dead letter stands",
             sub.name,
             summary(letter),
-            extra={"handler": sub.name, "event_id": str(letter.event.event_id)},
+            extra=event_fields(letter.event, sub.name, letter.attempts, dead_letter_id=letter.id),
         )
         return False
     return True
@@ -179,7 +180,7 @@ def dead_letter(
             result.event.event_id,
             summary(letter),
             exc_info=True,
-            extra=_fields(result, handler, attempts),
+            extra=event_fields(result.event, handler, attempts, dead_letter_id=letter.id),
         )
     signals.send(signals.event_dead_lettered, bus, dead_letter=letter)
     return letter
@@ -227,25 +228,10 @@ def _log(
         args,
         exc_info,
         func,
-        _fields(result, letter.handler, attempts),
+        event_fields(result.event, letter.handler, attempts, dead_letter_id=letter.id),
     )
     if exc_info is not None:
         # The letter's traceback, formatted once: a formatter uses exc_text when it is set
         # instead of formatting exc_info again.
         record.exc_text = letter.traceback.rstrip("\n")
     logger.handle(record)
-
-
-def _fields(result: PublishResult, handler: str, attempt: int) -> dict[str, object]:
-    """What every log record about a handler's run carries, as ``extra`` (never payloads).
-
-    The ids are ``uuid.UUID`` objects: a formatter that prints them pays for ``str()``.
-    """
-    event = result.event
-    return {
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "correlation_id": event.correlation_id or event.event_id,
-        "handler": handler,
-        "attempt": attempt,
-    }

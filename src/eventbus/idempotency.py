@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import typing as t
 
+from ._logs import event_fields
 from .inbox.protocol import AlreadyHandled, Handling, Inbox, handling
 from .middleware import AsyncCallNext, CallNext, HandlerCall, Middleware
 
@@ -99,7 +100,7 @@ class Idempotent(Middleware):
                 state.handler,
                 event.event_type,
                 event.event_id,
-                extra={"handler": state.handler, "event_id": str(event.event_id)},
+                extra=event_fields(event, state.handler),
             )
 
 
@@ -109,5 +110,5 @@ def _skipped(handler: str, event: Event) -> None:
         handler,
         event.event_type,
         event.event_id,
-        extra={"handler": handler, "event_id": str(event.event_id)},
+        extra=event_fields(event, handler),
     )

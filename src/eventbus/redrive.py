@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from . import events as _events
 from . import signals
+from ._logs import event_fields
 from .cascade import open_root, run, run_async
 from .context import loop_is_running
 from .dead_letters import DeadLetter, DeadLetterStore, UndefinedEvent
@@ -222,6 +223,7 @@ def _current(store: DeadLetterStore, letter: DeadLetter) -> DeadLetter | None:
             "dead letter %s is no longer in its store (purged or redriven elsewhere since it "
             "was selected); not redriven",
             letter.id,
+            extra=event_fields(letter.event, letter.handler, dead_letter_id=letter.id),
         )
         return None
 
@@ -274,6 +276,7 @@ def _settle(
                 "dead letter %s was redriven but was no longer in its store "
                 "(redriven or purged elsewhere meanwhile?)",
                 letter.id,
+                extra=event_fields(letter.event, letter.handler, dead_letter_id=letter.id),
             )
     signals.send(signals.dead_letter_redriven, bus, dead_letter=letter, ok=ok)
 

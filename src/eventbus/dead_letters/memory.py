@@ -8,6 +8,7 @@ import threading
 import typing as t
 import uuid
 
+from .._logs import event_fields
 from .letter import summary
 from .protocol import DeadLetterStoreFullError
 
@@ -58,6 +59,9 @@ class InMemoryDeadLetterStore:
                     "the newest; raise max_letters or use SQLiteDeadLetterStore. Dropped %s",
                     self.max_letters,
                     summary(dropped),
+                    extra=event_fields(
+                        dropped.event, dropped.handler, dropped.attempts, dead_letter_id=dropped.id
+                    ),
                 )
             self._letters[letter.id] = letter
 

@@ -35,6 +35,7 @@ import uuid
 
 from pydantic import ValidationError
 
+from .._logs import event_fields
 from ..dead_letters import DeadLetter, DeadLetterStore, UndefinedEvent
 from ..dead_letters.letter import RELAY, describe
 from ..events import Event, EventSerializationError, UnknownEventTypeError
@@ -167,13 +168,18 @@ class Relay:
             self.outbox,
             self.bus.broker or "this process's handlers",
             len(self.outbox),
+            extra={"relay": self.name},
         )
         try:
             while not stopping.is_set():
                 try:
                     await self.send_async()
                 except Exception:
-                    logger.exception("relay %s: a pass failed; trying again", self.name)
+                    logger.exception(
+                        "relay %s: a pass failed; trying again",
+                        self.name,
+                        extra={"relay": self.name},
+                    )
                     self._settled = 0
                 if self._settled < self.batch:  # nothing more waiting now: look again later
                     with contextlib.suppress(TimeoutError):
@@ -218,7 +224,11 @@ class Relay:
                 if not mine:
                     self._token = token + 1
                     logger.info(
-                        "relay %s: took the lease of %s (token %d)", self.name, outbox, self._token
+                        "relay %s: took the lease of %s (token %d)",
+                        self.name,
+                        outbox,
+                        self._token,
+                        extra={"relay": self.name},
                     )
                 db.execute(
                     f"UPDATE {outbox.lease_table} SET owner = ?, token = ?, until = ?",
@@ -260,6 +270,7 @@ class Relay:
                 "(it stopped for longer than the lease?): this pass stops here",
                 self.name,
                 self.outbox,
+                extra={"relay": self.name},
             )
             self._until = 0.0
             return False
@@ -305,6 +316,7 @@ class Relay:
             attempts,
             describe(error),
             wait,
+            extra=event_fields(event, RELAY, attempts, relay=self.name, outbox_row=row.seq),
         )
         with self.outbox._transaction() as db:
             if self._holds(db):
@@ -334,6 +346,7 @@ class Relay:
                 self.name,
                 row.seq,
                 row.event_type,
+                extra=event_fields(event, RELAY, attempts, relay=self.name, outbox_row=row.seq),
             )
             return False
         logger.error(
@@ -345,6 +358,14 @@ class Relay:
             letter.id,
             attempts,
             letter.error_message,
+            extra=event_fields(
+                event,
+                RELAY,
+                attempts,
+                relay=self.name,
+                outbox_row=row.seq,
+                dead_letter_id=letter.id,
+            ),
         )
         return True
 
@@ -361,6 +382,7 @@ class Relay:
                     self.name,
                     self.outbox,
                     len(done),
+                    extra={"relay": self.name},
                 )
                 return
             db.executemany(
@@ -418,10 +440,17 @@ async def _until_signalled(relay: Relay, *others: t.Any) -> None:
     def on_signal(signum: int) -> None:
         nonlocal signalled
         if signalled:
-            logger.warning("relay %s: second signal: exiting now", relay.name)
+            logger.warning(
+                "relay %s: second signal: exiting now", relay.name, extra={"relay": relay.name}
+            )
             os._exit(1)
         signalled = True
-        logger.info("relay %s: %s: stopping", relay.name, signal.Signals(signum).name)
+        logger.info(
+            "relay %s: %s: stopping",
+            relay.name,
+            signal.Signals(signum).name,
+            extra={"relay": relay.name},
+        )
         relay.stop()
         for other in others:
             other.stop()
@@ -443,5 +472,10 @@ def serve(relay: Relay) -> int:
     the rows of that pass are sent again by the next relay.
     """
     asyncio.run(_until_signalled(relay))
-    logger.info("relay %s: stopped after sending %d row(s)", relay.name, relay.sent)
+    logger.info(
+        "relay %s: stopped after sending %d row(s)",
+        relay.name,
+        relay.sent,
+        extra={"relay": relay.name},
+    )
     return 0

@@ -37,6 +37,7 @@ import redis.asyncio as aredis
 from pydantic import ValidationError
 
 from .. import signals
+from .._logs import event_fields
 from ..context import current
 from ..dead_letters.letter import DeadLetter, UndefinedEvent, describe
 from ..errors import BrokerError, EventBusError
@@ -238,6 +239,7 @@ class Worker:
             self._stream,
             self.concurrency,
             ", ".join(sub.name for sub in self.subscriptions),
+            extra={"worker": self.name},
         )
         try:
             # Every handler of the bus has its group, run here or not: entries wait in the
@@ -295,7 +297,12 @@ class Worker:
                 try:
                     count -= await self._reclaim(sub, count)
                 except redis.RedisError:
-                    logger.exception("worker %s: reclaiming for %s failed", self.name, sub.name)
+                    logger.exception(
+                        "worker %s: reclaiming for %s failed",
+                        self.name,
+                        sub.name,
+                        extra={"worker": self.name, "handler": sub.name},
+                    )
                 if count == 0:
                     continue
             try:
@@ -363,6 +370,7 @@ class Worker:
                     entry_id.decode(),
                     sub.name,
                     self.broker.claim_idle,
+                    extra={"worker": self.name, "handler": sub.name, "entry_id": entry_id.decode()},
                 )
                 self._start(sub, entry_id, fields, pending=False, claimed=True)
         return started
@@ -433,6 +441,7 @@ class Worker:
                     sub.name,
                     describe(failure),
                     exc_info=failure,
+                    extra={"worker": self.name, "handler": sub.name, "entry_id": entry_id.decode()},
                 )
             self._release(1)
 
@@ -452,7 +461,12 @@ class Worker:
                         self._stream, group, self.name, 0, list[t.Any](ids), justid=True
                     )
                 except redis.RedisError:
-                    logger.exception("worker %s: keeping %s's entries failed", self.name, group)
+                    logger.exception(
+                        "worker %s: keeping %s's entries failed",
+                        self.name,
+                        group,
+                        extra={"worker": self.name, "handler": group},
+                    )
 
     async def _trim(self) -> None:
         """Drop the entries every group acknowledged (never one still pending).
@@ -470,7 +484,12 @@ class Worker:
             try:
                 await self._trim_script(keys=[self._stream])
             except redis.RedisError:
-                logger.exception("worker %s: trimming %s failed", self.name, self._stream)
+                logger.exception(
+                    "worker %s: trimming %s failed",
+                    self.name,
+                    self._stream,
+                    extra={"worker": self.name},
+                )
 
     # -- one entry ----------------------------------------------------------------
 
@@ -639,6 +658,7 @@ class Worker:
                 group,
                 event.event_type,
                 event.event_id,
+                extra=event_fields(event, group, worker=self.name),
             )
 
     async def _acknowledge(
@@ -695,6 +715,7 @@ class Worker:
                         group,
                         describe(error),
                         wait,
+                        extra={"worker": self.name, "handler": group},
                     )
                     await asyncio.sleep(wait)
                 except Exception as error:  # not Redis being away: do not ask again
@@ -790,6 +811,7 @@ class _Backoff:
                 self.worker.name,
                 self.doing,
                 describe(error),
+                extra={"worker": self.worker.name},
             )
             self.failing = True
         with contextlib.suppress(TimeoutError):
@@ -799,7 +821,12 @@ class _Backoff:
 
     def succeeded(self) -> None:
         if self.failing:
-            logger.info("worker %s: Redis answers again (%s)", self.worker.name, self.doing)
+            logger.info(
+                "worker %s: Redis answers again (%s)",
+                self.worker.name,
+                self.doing,
+                extra={"worker": self.worker.name},
+            )
             self.wait, self.failing = 0.1, False
 
 
@@ -866,7 +893,11 @@ def serve(
 
         def on_signal(signum: int) -> None:
             if worker._stopping is not None and worker._stopping.is_set():
-                logger.warning("worker %s: second signal: exiting now", worker.name)
+                logger.warning(
+                    "worker %s: second signal: exiting now",
+                    worker.name,
+                    extra={"worker": worker.name},
+                )
                 os._exit(1)
             logger.info(
                 "worker %s: %s: finishing %d entr%s in flight, then exiting",
@@ -874,6 +905,7 @@ def serve(
                 signal.Signals(signum).name,
                 len(worker._in_flight),
                 "y" if len(worker._in_flight) == 1 else "ies",
+                extra={"worker": worker.name},
             )
             worker.stop()
             if relay is not None:
@@ -888,7 +920,12 @@ def serve(
                 loop.remove_signal_handler(signum)
 
     asyncio.run(main())
-    logger.info("worker %s: stopped after %d entries", worker.name, worker.handled)
+    logger.info(
+        "worker %s: stopped after %d entries",
+        worker.name,
+        worker.handled,
+        extra={"worker": worker.name},
+    )
     return 0
 
 

@@ -1,0 +1,36 @@
+"""The fields every log record of the library about an event carries, as ``extra``.
+
+``event_id``, ``event_type``, ``correlation_id`` (the cascade's root id for
+a root event), and where they are known ``handler`` and ``attempt``, plus
+a few more per record (``dead_letter_id``, ``worker``, ``relay``,
+``entry_id``, ``outbox_row``). Never a payload: events are data an
+application may not want in its logs. The ids are ``uuid.UUID`` objects
+(a JSON formatter writes them as strings; a plain one never pays for
+``str()``). docs/observability.md lists them.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+if t.TYPE_CHECKING:
+    from .events import Event
+
+__all__ = ["event_fields"]
+
+
+def event_fields(
+    event: Event, handler: str | None = None, attempt: int | None = None, **more: object
+) -> dict[str, object]:
+    """The ``extra`` of a log record about ``event`` (and ``handler``'s ``attempt`` at it)."""
+    fields: dict[str, object] = {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "correlation_id": event.correlation_id or event.event_id,
+    }
+    if handler is not None:
+        fields["handler"] = handler
+    if attempt is not None:
+        fields["attempt"] = attempt
+    fields.update(more)
+    return fields
