@@ -337,6 +337,45 @@ def hook_for_this_bus() -> Case:
     )
 
 
+def prometheus_metrics(*, on_this_bus: bool) -> Case:
+    """PrometheusMetrics installed: its cost on this bus, and none on another bus."""
+    from prometheus_client import CollectorRegistry
+
+    from eventbus.prometheus import PrometheusMetrics
+
+    bus, tally = _one_handler_bus()
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry)
+    target = bus if on_this_bus else EventBus()
+
+    def handled() -> int:
+        found = registry.get_sample_value(
+            "eventbus_handled_total",
+            {"event_type": Ping.event_type, "handler": bus.subscriptions[0].name,
+             "outcome": "success"},
+        )  # fmt: skip
+        return int(found or 0)
+
+    @contextlib.contextmanager
+    def installed() -> c.Iterator[None]:
+        metrics.install(target)
+        try:
+            yield
+        finally:
+            metrics.uninstall(target)
+
+    ours = Contender(
+        _publisher(bus, Ping()),
+        [counts("handler runs", tally), Check("runs counted", handled, int(on_this_bus))],
+        around=installed,
+    )
+    where = "this bus" if on_this_bus else "another bus"
+    return Case(
+        f"sync publish, 1 handler, PrometheusMetrics installed on {where}",
+        {"eventbus": ours, "eventbus, no metrics": _no_receiver()},
+    )
+
+
 def _in_loop(body: c.Callable[[int], c.Awaitable[None]]) -> Runner:
     """Runs ``body(n)`` in a fresh event loop, timing the body only."""
 
@@ -949,6 +988,8 @@ def main(argv: c.Sequence[str] | None = None) -> int:
         hook_for_another_bus(),
         after_a_trace(),
         hook_for_this_bus(),
+        prometheus_metrics(on_this_bus=True),
+        prometheus_metrics(on_this_bus=False),
         async_publish(1, concurrent=False),
         async_publish(10, concurrent=False),
         async_publish(10, concurrent=True),

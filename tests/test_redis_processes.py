@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import typing as t
+import urllib.request
 
 import pytest
 import redis
@@ -206,6 +207,41 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(app: App) -> None:
     assert len(app.runs("jobs.run")) == 4
     stream = t.cast(list[t.Any], app.client.xrange(app.broker.keys.stream))
     assert len(stream) == 8  # the jobs and their children
+
+
+def test_a_worker_serves_its_metrics_on_the_port_its_command_line_names(app: App) -> None:
+    """What ``curl http://127.0.0.1:PORT/metrics`` shows of a worker process."""
+    from eventbus.testing._redis_server import free_port
+
+    port = free_port()
+    worker = app.worker("--handlers", "jobs.*", "--metrics-port", str(port))
+    for n in range(5):
+        app.bus.publish(app.Job(n=n))
+    until(lambda: app.acknowledged_all("jobs.run", 5), "jobs acked")
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                return str(reply.read().decode())
+        except OSError:
+            return ""  # not serving yet
+
+    until(lambda: "eventbus_worker_entries_total 1" in scrape(), "metrics served")
+    text = scrape()
+    job, done = app.Job.event_type, app.JobDone.event_type
+    for series in (
+        f'eventbus_handled_total{{event_type="{job}",handler="jobs.run",outcome="success"}} 5.0',
+        f'eventbus_published_total{{event_type="{done}"}} 5.0',  # the jobs' children
+        f'eventbus_handler_duration_seconds_count{{event_type="{job}",handler="jobs.run",'
+        'outcome="success"} 5.0',
+        'eventbus_group_pending{handler="jobs.run"} 0.0',
+        'eventbus_reclaimed_entries_total{handler="jobs.run"} 0.0',
+        "eventbus_broker_up 1.0",
+    ):
+        assert series in text, text
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=PATIENCE) == 0
+    assert scrape() == ""  # the port is closed with the worker
 
 
 def test_handlers_split_the_handlers_between_workers(app: App) -> None:

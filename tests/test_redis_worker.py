@@ -396,6 +396,7 @@ def test_an_entry_a_dead_worker_held_is_taken_over_after_claim_idle(
     async def main() -> None:
         async with working(bus, name="alive") as worker:
             await until(lambda: worker.handled == 1)
+            assert worker.reclaimed == {"shop.record": 1}  # what its metrics show
 
     with caplog.at_level(logging.INFO, logger="eventbus"):
         asyncio.run(main())

@@ -317,7 +317,14 @@ def _worker(args: argparse.Namespace) -> int:
 
     try:
         relay = _relay(bus, args) if args.outbox else None
-        return serve(bus, handlers=args.handlers, concurrency=args.concurrency, relay=relay)
+        return serve(
+            bus,
+            handlers=args.handlers,
+            concurrency=args.concurrency,
+            relay=relay,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+        )
     except (LookupError, ValueError, TypeError) as error:
         raise CommandError(str(error)) from None
 
@@ -954,6 +961,18 @@ def _parser() -> argparse.ArgumentParser:
             "takes over that long after this one died",
         )
 
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs eventbus[prometheus])",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address to serve metrics on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
     worker.add_argument(
         "--outbox",
         metavar="PATH",

@@ -187,6 +187,8 @@ class Worker:
         self._in_flight: dict[tuple[str, bytes], asyncio.Task[None]] = {}
         self._idempotent_runs: dict[tuple[str, uuid.UUID], asyncio.Future[None]] = {}
         self.handled = 0  # entries acknowledged, for tests and the status line
+        #: Entries taken over from dead workers, per handler (for metrics and tests).
+        self.reclaimed: collections.Counter[str] = collections.Counter()
 
     # -- running ------------------------------------------------------------------
 
@@ -372,6 +374,7 @@ class Worker:
                     self.broker.claim_idle,
                     extra={"worker": self.name, "handler": sub.name, "entry_id": entry_id.decode()},
                 )
+                self.reclaimed[sub.name] += 1
                 self._start(sub, entry_id, fields, pending=False, claimed=True)
         return started
 
@@ -874,6 +877,8 @@ def serve(
     handlers: c.Sequence[str] = (),
     concurrency: int = 16,
     relay: Relay | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
     """Run a worker in this process until SIGTERM or SIGINT; the exit status (0: stopped clean).
 
@@ -883,10 +888,24 @@ def serve(
     after ``claim_idle``. The blocking form of ``await Worker(...).run()``,
     for a program of your own or the command line. ``relay``: an outbox's
     :class:`~eventbus.outbox.Relay` to run beside the handlers, stopped with them.
+    ``metrics_port``: serve Prometheus metrics on ``metrics_host:metrics_port``
+    (``eventbus.prometheus.serve_metrics``; needs ``eventbus[prometheus]``).
     """
     import signal
 
     worker = Worker(bus, handlers=handlers, concurrency=concurrency)
+    server = None
+    if metrics_port is not None:
+        from ..prometheus import serve_metrics
+
+        server, _ = serve_metrics(bus, worker, port=metrics_port, host=metrics_host)
+        logger.info(
+            "worker %s: metrics on http://%s:%d/metrics",
+            worker.name,
+            metrics_host,
+            metrics_port,
+            extra={"worker": worker.name},
+        )
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -919,7 +938,12 @@ def serve(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     logger.info(
         "worker %s: stopped after %d entries",
         worker.name,

@@ -1,0 +1,253 @@
+"""eventbus.prometheus: what a bus did, as Prometheus series, in a private registry.
+
+In process (sync and async), from the broker (against the tests' private
+redis-server), and a worker process serving ``/metrics`` on its port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc as c
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from eventbus import Event, EventBus, RetryPolicy, signals
+from eventbus.prometheus import BrokerCollector, PrometheusMetrics, WorkerCollector
+from eventbus.redis import RedisBroker, Worker
+from eventbus.testing import FakeClock
+
+
+class OrderPlaced(Event):
+    order_id: str
+
+
+class OrderShipped(Event):
+    order_id: str
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> PrometheusMetrics:
+    return PrometheusMetrics(registry)
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    found = registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def shop(bus: EventBus) -> None:
+    """A handler that succeeds and publishes, one that fails once, one that always fails."""
+    failures = {"left": 1}
+
+    @bus.subscribe(name="shop.ship")
+    async def ship(event: OrderPlaced) -> None:
+        bus.publish(OrderShipped(order_id=event.order_id))
+
+    @bus.subscribe(name="shop.invoice")
+    def invoice(event: OrderPlaced) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("ledger down")
+
+    @bus.subscribe(name="shop.notify", retry=RetryPolicy(max_attempts=2))
+    def notify(event: OrderShipped) -> None:
+        raise ValueError("no address")
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+def test_a_bus_counts_what_it_published_handled_retried_and_dead_lettered(
+    registry: CollectorRegistry, metrics: PrometheusMetrics, use_async: bool
+) -> None:
+    bus = EventBus(retry=RetryPolicy(max_attempts=3), clock=FakeClock())
+    shop(bus)
+    metrics.install(bus)
+    try:
+        for number in range(2):
+            placed = OrderPlaced(order_id=f"o{number}")
+            if use_async:
+                asyncio.run(bus.publish_async(placed))
+            else:
+                bus.publish(placed)
+    finally:
+        metrics.uninstall(bus)
+    placed_type, shipped_type = OrderPlaced.event_type, OrderShipped.event_type
+    assert value(registry, "eventbus_published_total", event_type=placed_type) == 2
+    assert value(registry, "eventbus_published_total", event_type=shipped_type) == 2
+    ok = {"outcome": "success"}
+    assert value(registry, "eventbus_handled_total", event_type=placed_type,
+                 handler="shop.ship", **ok) == 2  # fmt: skip
+    assert value(registry, "eventbus_handled_total", event_type=placed_type,
+                 handler="shop.invoice", **ok) == 2  # fmt: skip
+    assert value(registry, "eventbus_failed_attempts_total", event_type=placed_type,
+                 handler="shop.invoice") == 1  # fmt: skip
+    assert value(registry, "eventbus_retries_total", event_type=placed_type,
+                 handler="shop.invoice") == 1  # fmt: skip
+    notify = {"event_type": shipped_type, "handler": "shop.notify"}
+    assert value(registry, "eventbus_failed_attempts_total", **notify) == 4  # 2 runs x 2
+    assert value(registry, "eventbus_retries_total", **notify) == 2
+    assert value(registry, "eventbus_dead_letters_total", **notify) == 2
+    assert value(registry, "eventbus_handled_total", outcome="dead_letter", **notify) == 2
+    attempts = {"event_type": placed_type, "handler": "shop.invoice"}
+    count = "eventbus_handler_duration_seconds_count"
+    assert value(registry, count, outcome="success", **attempts) == 2
+    assert value(registry, count, outcome="failure", **attempts) == 1
+    assert value(registry, count, outcome="failure", **notify) == 4
+
+
+def test_uninstalled_it_counts_nothing_more_and_leaves_the_bus_as_it_was(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    bus = EventBus(clock=FakeClock())
+    bus.subscribe(OrderPlaced, name="shop.ship")(lambda event: None)
+    metrics.install(bus)
+    with pytest.raises(ValueError, match=r"installed on .* already"):
+        metrics.install(bus)
+    bus.publish(OrderPlaced(order_id="o1"))
+    metrics.uninstall(bus)
+    bus.publish(OrderPlaced(order_id="o2"))
+    assert value(registry, "eventbus_published_total", event_type=OrderPlaced.event_type) == 1
+    assert bus.middleware == ()
+    assert not signals.listened(bus)  # no receiver left: the bus pays nothing again
+    with pytest.raises(ValueError, match="is not installed"):
+        metrics.uninstall(bus)
+
+
+def test_an_unhandled_event_kept_as_a_letter_is_a_dead_letter_not_a_handled_run(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    bus = EventBus(report_unhandled=True)
+    metrics.install(bus)
+    try:
+        bus.publish(OrderPlaced(order_id="o1"))
+    finally:
+        metrics.uninstall(bus)
+    letters = {"event_type": OrderPlaced.event_type, "handler": "(no handler)"}
+    assert value(registry, "eventbus_dead_letters_total", **letters) == 1
+    assert value(registry, "eventbus_handled_total", outcome="dead_letter", **letters) == 0
+
+
+def test_no_label_is_an_event_id(registry: CollectorRegistry, metrics: PrometheusMetrics) -> None:
+    bus = EventBus(retry=RetryPolicy(max_attempts=3), clock=FakeClock())
+    shop(bus)
+    metrics.install(bus)
+    try:
+        events = [OrderPlaced(order_id=f"o{n}") for n in range(5)]
+        for event in events:
+            bus.publish(event)
+    finally:
+        metrics.uninstall(bus)
+    allowed = {
+        "event_type": {OrderPlaced.event_type, OrderShipped.event_type},
+        "handler": {"shop.ship", "shop.invoice", "shop.notify"},
+        "outcome": {"success", "failure", "dead_letter"},
+    }
+    seen = 0
+    for family in registry.collect():
+        for sample in family.samples:
+            for key, label in sample.labels.items():
+                if key != "le":  # a histogram's bucket bounds
+                    assert label in allowed[key], (sample.name, key, label)
+                    seen += 1
+    assert seen > 0
+    assert not any(str(event.event_id) in str(list(registry.collect())) for event in events)
+
+
+# -- the broker and a worker, against Redis ---------------------------------------------------
+
+
+@pytest.fixture
+def broker_bus(redis_url: str) -> c.Iterator[EventBus]:
+    bus = EventBus(broker=RedisBroker(redis_url, namespace="metrics"), clock=FakeClock())
+    yield bus
+    assert bus.broker is not None
+    bus.broker.close()  # type: ignore[attr-defined]
+
+
+def test_the_broker_collector_shows_each_groups_pending_lag_and_the_letters(
+    broker_bus: EventBus, registry: CollectorRegistry
+) -> None:
+    bus = broker_bus
+    broker = bus.broker
+    assert isinstance(broker, RedisBroker)
+
+    @bus.subscribe(name="shop.ship", retry=RetryPolicy(max_attempts=1))
+    def ship(event: OrderPlaced) -> None:
+        if event.order_id == "bad":
+            raise ValueError("no such address")
+
+    bus.subscribe(OrderPlaced, name="shop.audit")(lambda event: None)
+    registry.register(BrokerCollector(broker))
+    worker = Worker(bus, handlers=["shop.ship"], block=0.05)
+    registry.register(WorkerCollector(worker))
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        for order_id in ("o1", "bad", "o2"):
+            bus.publish(OrderPlaced(order_id=order_id))
+        for _ in range(3000):
+            if worker.handled == 3:
+                break
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+    asyncio.run(main())
+    assert value(registry, "eventbus_broker_up") == 1
+    assert value(registry, "eventbus_group_pending", handler="shop.ship") == 0
+    assert value(registry, "eventbus_group_lag", handler="shop.ship") == 0
+    assert value(registry, "eventbus_group_consumers", handler="shop.ship") == 1
+    assert value(registry, "eventbus_dead_letter_store_letters") == 1
+    assert value(registry, "eventbus_worker_entries_total") == 3
+    assert value(registry, "eventbus_reclaimed_entries_total", handler="shop.ship") == 0
+    # The worker made a group for every handler of the bus; shop.audit's has no worker yet.
+    assert value(registry, "eventbus_group_lag", handler="shop.audit") == 3
+    assert value(registry, "eventbus_group_consumers", handler="shop.audit") == 0
+
+
+def test_a_broker_that_does_not_answer_is_a_gauge_not_a_failed_scrape(
+    registry: CollectorRegistry,
+) -> None:
+    broker = RedisBroker("redis://127.0.0.1:1/0", namespace="down", timeout=0.2)
+    registry.register(BrokerCollector(broker))
+    assert value(registry, "eventbus_broker_up") == 0
+    broker.close()
+
+
+def test_a_workers_metrics_port_serves_the_documented_series(redis_url: str) -> None:
+    """Through serve_metrics, as ``worker --metrics-port`` does (its process test: below)."""
+    from eventbus.prometheus import serve_metrics
+
+    bus = EventBus(broker=RedisBroker(redis_url, namespace="served"), clock=FakeClock())
+    bus.subscribe(OrderPlaced, name="shop.ship")(lambda event: None)
+    worker = Worker(bus, block=0.05)
+    server, thread = serve_metrics(bus, worker, port=0)
+    try:
+        port = server.server_address[1]
+        bus.publish(OrderPlaced(order_id="o1"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        for series in (
+            'eventbus_published_total{event_type="' + OrderPlaced.event_type + '"} 1.0',
+            "eventbus_group_pending",
+            "eventbus_dead_letter_store_letters 0.0",
+            "eventbus_broker_up 1.0",
+            "eventbus_worker_entries_total 0.0",
+            "# TYPE eventbus_handler_duration_seconds histogram",
+        ):
+            assert series in text, text
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        for middleware in bus.middleware:
+            assert isinstance(middleware, PrometheusMetrics)
+            middleware.uninstall(bus)
+        assert bus.broker is not None
+        bus.broker.close()  # type: ignore[attr-defined]
