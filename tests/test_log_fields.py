@@ -160,3 +160,28 @@ def test_a_relay_logs_its_failures_and_letters_with_the_row_and_the_event(
         assert_fields(failed, charged, attempt=1, **row)
         assert_fields(lettered, charged, attempt=2, dead_letter_id=letter.id, **row)
     no_payload(caplog)
+
+
+def test_a_relays_unreadable_row_is_logged_without_the_values_that_failed_validation(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pydantic quotes the values it refused; no record and no letter message may."""
+    path = tmp_path / "shop.db"
+    with SQLiteOutbox(path) as outbox:
+        with sqlite3.connect(path) as db:
+            outbox.add(db, CardCharged(order_id="o1"))
+            db.execute(  # the row's JSON no longer validates: card is a list now
+                "UPDATE eventbus_outbox SET payload = json_set(payload, '$.card', json_array(?))",
+                (SECRET,),
+            )
+        db.close()
+        bus = EventBus(transport=Down(), clock=FakeClock())
+        store = InMemoryDeadLetterStore()
+        with caplog.at_level(logging.INFO, logger="eventbus"):
+            Relay(bus, outbox, dead_letters=store, name="relay-1").send()
+        [letter] = store
+        assert "validation error for CardCharged: card: Input should be a valid string" in (
+            letter.error_message
+        )
+        assert SECRET not in letter.error_message
+    no_payload(caplog)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc as c
+import typing as t
+import urllib.error
 import urllib.request
 
 import pytest
@@ -199,24 +201,30 @@ def test_the_broker_collector_shows_each_groups_pending_lag_and_the_letters(
         await asyncio.wait_for(task, 60)
 
     asyncio.run(main())
-    assert value(registry, "eventbus_broker_up") == 1
-    assert value(registry, "eventbus_group_pending", handler="shop.ship") == 0
-    assert value(registry, "eventbus_group_lag", handler="shop.ship") == 0
-    assert value(registry, "eventbus_group_consumers", handler="shop.ship") == 1
-    assert value(registry, "eventbus_dead_letter_store_letters") == 1
+    here = {"namespace": "metrics"}
+    assert value(registry, "eventbus_broker_up", **here) == 1
+    assert value(registry, "eventbus_group_pending", handler="shop.ship", **here) == 0
+    assert value(registry, "eventbus_group_lag", handler="shop.ship", **here) == 0
+    assert value(registry, "eventbus_group_consumers", handler="shop.ship", **here) == 1
+    assert value(registry, "eventbus_dead_letter_store_letters", **here) == 1
     assert value(registry, "eventbus_worker_entries_total") == 3
     assert value(registry, "eventbus_reclaimed_entries_total", handler="shop.ship") == 0
     # The worker made a group for every handler of the bus; shop.audit's has no worker yet.
-    assert value(registry, "eventbus_group_lag", handler="shop.audit") == 3
-    assert value(registry, "eventbus_group_consumers", handler="shop.audit") == 0
+    assert registry.get_sample_value(
+        "eventbus_group_lag", {"handler": "shop.audit", **here}
+    ) == 3  # fmt: skip
+    assert value(registry, "eventbus_group_consumers", handler="shop.audit", **here) == 0
 
 
 def test_a_broker_that_does_not_answer_is_a_gauge_not_a_failed_scrape(
     registry: CollectorRegistry,
 ) -> None:
     broker = RedisBroker("redis://127.0.0.1:1/0", namespace="down", timeout=0.2)
-    registry.register(BrokerCollector(broker))
-    assert value(registry, "eventbus_broker_up") == 0
+    collector = BrokerCollector(broker, timeout=0.2)
+    registry.register(collector)
+    assert registry.get_sample_value("eventbus_broker_up", {"namespace": "down"}) == 0
+    assert registry.get_sample_value("eventbus_group_pending", {"namespace": "down"}) is None
+    collector.close()
     broker.close()
 
 
@@ -227,27 +235,65 @@ def test_a_workers_metrics_port_serves_the_documented_series(redis_url: str) -> 
     bus = EventBus(broker=RedisBroker(redis_url, namespace="served"), clock=FakeClock())
     bus.subscribe(OrderPlaced, name="shop.ship")(lambda event: None)
     worker = Worker(bus, block=0.05)
-    server, thread = serve_metrics(bus, worker, port=0)
-    try:
-        port = server.server_address[1]
+    with serve_metrics(bus, worker, port=0) as served:
         bus.publish(OrderPlaced(order_id="o1"))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        url = f"http://127.0.0.1:{served.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
             text = reply.read().decode()
         for series in (
             'eventbus_published_total{event_type="' + OrderPlaced.event_type + '"} 1.0',
-            "eventbus_group_pending",
-            "eventbus_dead_letter_store_letters 0.0",
-            "eventbus_broker_up 1.0",
+            "# TYPE eventbus_group_pending gauge",  # no group before a worker runs
+            'eventbus_dead_letter_store_letters{namespace="served"} 0.0',
+            'eventbus_broker_up{namespace="served"} 1.0',
             "eventbus_worker_entries_total 0.0",
             "# TYPE eventbus_handler_duration_seconds histogram",
         ):
             assert series in text, text
+    assert bus.middleware == ()  # closed: uninstalled too
+    with pytest.raises(urllib.error.URLError, match="refused"):
+        urllib.request.urlopen(url, timeout=2)  # the port is free again
+    assert bus.broker is not None
+    bus.broker.close()  # type: ignore[attr-defined]
+
+
+def test_one_metrics_object_on_two_buses_counts_each_until_it_is_uninstalled_from_it(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    first, second = EventBus(), EventBus()
+    for bus in (first, second):
+        bus.subscribe(OrderPlaced, name="shop.ship")(lambda event: None)
+        metrics.install(bus)
+    first.publish(OrderPlaced(order_id="o1"))
+    metrics.uninstall(first)
+    first.publish(OrderPlaced(order_id="o2"))  # not counted any more
+    second.publish(OrderPlaced(order_id="o3"))  # still counted
+    metrics.uninstall(second)
+    kind = {"event_type": OrderPlaced.event_type}
+    assert value(registry, "eventbus_published_total", **kind) == 2
+    assert value(registry, "eventbus_handled_total", handler="shop.ship", outcome="success",
+                 **kind) == 2  # fmt: skip
+
+
+def test_a_run_is_counted_by_how_it_ended_whatever_the_middleware_around_the_metrics(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    """A layer outside the metrics that fails after the handler returned: a failed attempt."""
+    from eventbus import HandlerCall, Middleware
+
+    class CommitFails(Middleware):
+        def handle(self, call_next: t.Any, event: Event, call: HandlerCall, /) -> None:
+            call_next(event, call)
+            raise ConnectionError("the commit failed")
+
+    bus = EventBus(retry=RetryPolicy(max_attempts=2), clock=FakeClock(), middleware=[CommitFails()])
+    bus.subscribe(OrderPlaced, name="shop.ship")(lambda event: None)
+    metrics.install(bus)
+    try:
+        bus.publish(OrderPlaced(order_id="o1"))
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-        for middleware in bus.middleware:
-            assert isinstance(middleware, PrometheusMetrics)
-            middleware.uninstall(bus)
-        assert bus.broker is not None
-        bus.broker.close()  # type: ignore[attr-defined]
+        metrics.uninstall(bus)
+    ship = {"event_type": OrderPlaced.event_type, "handler": "shop.ship"}
+    assert value(registry, "eventbus_handled_total", outcome="success", **ship) == 0
+    assert value(registry, "eventbus_handled_total", outcome="dead_letter", **ship) == 1
+    assert value(registry, "eventbus_failed_attempts_total", **ship) == 2
+    assert value(registry, "eventbus_retries_total", **ship) == 1

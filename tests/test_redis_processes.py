@@ -226,7 +226,7 @@ def test_a_worker_serves_its_metrics_on_the_port_its_command_line_names(app: App
         except OSError:
             return ""  # not serving yet
 
-    until(lambda: "eventbus_worker_entries_total 1" in scrape(), "metrics served")
+    until(lambda: "eventbus_worker_entries_total 10.0" in scrape(), "metrics served")  # 5+5
     text = scrape()
     job, done = app.Job.event_type, app.JobDone.event_type
     for series in (
@@ -234,14 +234,36 @@ def test_a_worker_serves_its_metrics_on_the_port_its_command_line_names(app: App
         f'eventbus_published_total{{event_type="{done}"}} 5.0',  # the jobs' children
         f'eventbus_handler_duration_seconds_count{{event_type="{job}",handler="jobs.run",'
         'outcome="success"} 5.0',
-        'eventbus_group_pending{handler="jobs.run"} 0.0',
+        'eventbus_group_pending{handler="jobs.run",namespace="procs"} 0.0',
         'eventbus_reclaimed_entries_total{handler="jobs.run"} 0.0',
-        "eventbus_broker_up 1.0",
+        'eventbus_broker_up{namespace="procs"} 1.0',
     ):
         assert series in text, text
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=PATIENCE) == 0
-    assert scrape() == ""  # the port is closed with the worker
+
+
+def test_two_workers_given_one_metrics_port_the_second_says_so(app: App) -> None:
+    from eventbus.testing._redis_server import free_port
+
+    port = str(free_port())
+    first = app.worker("--handlers", "jobs.*", "--metrics-port", port)
+    until(lambda: app.pending("jobs.run") == 0, "the first worker started")
+    second = subprocess.run(
+        [sys.executable, "-m", "eventbus", "worker", "tests.redis_app:bus", "--metrics-port", port],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_APP_URL": app.url, "REDIS_APP_NAMESPACE": app.namespace,
+             "REDIS_APP_CLAIM_IDLE": "1.0", "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )  # fmt: skip
+    assert second.returncode == 2, second.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in second.stderr
+    assert "give each worker on a machine a port of its own" in second.stderr
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=PATIENCE) == 0
 
 
 def test_handlers_split_the_handlers_between_workers(app: App) -> None:

@@ -256,6 +256,31 @@ def test_an_event_made_in_a_handler_or_its_hook_follows_from_the_event_handled(
         assert event.correlation_id == ordered.correlation_id
 
 
+def test_a_workers_records_about_an_entry_name_the_worker_and_the_entry(
+    bus: EventBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    @bus.subscribe(name="shop.charge", retry=RetryPolicy(max_attempts=2))
+    def charge(event: Ordered) -> None:
+        raise ValueError("card declined")
+
+    ordered = Ordered(order_id="o1")
+    bus.publish(ordered)
+    [(entry_id, _)] = t.cast(t.Any, broker_of(bus).client.xrange(broker_of(bus).keys.stream))
+
+    async def main() -> None:
+        async with working(bus, name="w-1") as worker:
+            await until(lambda: worker.handled == 1)
+
+    with caplog.at_level(logging.INFO, logger="eventbus"):
+        asyncio.run(main())
+    about = [r for r in caplog.records if r.__dict__.get("event_id") == ordered.event_id]
+    assert {r.levelname for r in about} == {"WARNING", "ERROR"}  # the retry, the dead letter
+    for record in about:
+        assert record.__dict__["worker"] == "w-1", record.getMessage()
+        assert record.__dict__["entry_id"] == entry_id.decode()
+        assert record.__dict__["handler"] == "shop.charge"
+
+
 def test_an_unreadable_entry_is_a_dead_letter_keeping_its_fields_and_the_worker_goes_on(
     bus: EventBus,
 ) -> None:

@@ -11,12 +11,19 @@ application may not want in its logs. The ids are ``uuid.UUID`` objects
 
 from __future__ import annotations
 
+import contextvars
 import typing as t
 
 if t.TYPE_CHECKING:
     from .events import Event
 
-__all__ = ["event_fields"]
+__all__ = ["event_fields", "log_context"]
+
+#: Fields every record about an event carries in this context too (a worker's name and
+#: the stream entry it is running), set by whoever runs the handlers here.
+log_context: contextvars.ContextVar[dict[str, object] | None] = contextvars.ContextVar(
+    "eventbus_log_context", default=None
+)
 
 
 def event_fields(
@@ -32,5 +39,8 @@ def event_fields(
         fields["handler"] = handler
     if attempt is not None:
         fields["attempt"] = attempt
+    around = log_context.get()
+    if around is not None:
+        fields.update(around)
     fields.update(more)
     return fields

@@ -327,6 +327,8 @@ def _worker(args: argparse.Namespace) -> int:
         )
     except (LookupError, ValueError, TypeError) as error:
         raise CommandError(str(error)) from None
+    except ImportError as error:  # --metrics-port without eventbus[prometheus]
+        raise CommandError(str(error)) from None
 
 
 def _relay_command(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ import traceback as tb
 import uuid
 from datetime import datetime
 
+from pydantic import ValidationError
+
 from ..events import Event
 
 __all__ = ["NO_HANDLER", "RELAY", "DeadLetter", "UndefinedEvent"]
@@ -182,8 +184,22 @@ _CONTEXT = "\nDuring handling of the above exception, another exception occurred
 
 
 def describe(error: BaseException) -> str:
-    """``str(error)``, even for an exception whose ``__str__`` raises."""
+    """``str(error)``, even for an exception whose ``__str__`` raises.
+
+    A pydantic ``ValidationError`` is told without the values it refused
+    (its ``str()`` quotes them: a payload's data, in letters and logs).
+    """
     try:
+        if isinstance(error, ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(map(str, problem['loc'])) or '(the value)'}: {problem['msg']} "
+                f"[type={problem['type']}]"
+                for problem in error.errors(include_input=False, include_url=False)
+            )
+            count = error.error_count()
+            return (
+                f"{count} validation error{'s' if count != 1 else ''} for {error.title}: {problems}"
+            )
         return str(error)
     except Exception:
         return f"<str() of {type(error).__qualname__} failed>"

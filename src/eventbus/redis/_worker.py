@@ -25,6 +25,7 @@ import asyncio
 import collections
 import collections.abc as c
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -37,7 +38,7 @@ import redis.asyncio as aredis
 from pydantic import ValidationError
 
 from .. import signals
-from .._logs import event_fields
+from .._logs import event_fields, log_context
 from ..context import current
 from ..dead_letters.letter import DeadLetter, UndefinedEvent, describe
 from ..errors import BrokerError, EventBusError
@@ -426,8 +427,11 @@ class Worker:
         pending: bool,
         claimed: bool = False,
     ) -> None:
+        context = contextvars.copy_context()  # its log records name this worker and entry
+        context.run(log_context.set, {"worker": self.name, "entry_id": entry_id.decode()})
         task = asyncio.create_task(
-            self._handle(sub, entry_id, fields, pending=pending, claimed=claimed)
+            self._handle(sub, entry_id, fields, pending=pending, claimed=claimed),
+            context=context,
         )
         self._in_flight[(sub.name, entry_id)] = task
 
@@ -577,10 +581,11 @@ class Worker:
                 await self._acknowledge(group, entry_id, attempt_run.children, key)
                 if record and key is None:
                     await self._record(group, event)
-                signals.send(
-                    signals.handler_succeeded, self.bus, event=event, handler=sub.name,
-                    attempts=attempt,
-                )  # fmt: skip
+                if not attempt_run.skipped:  # a duplicate skipped did not run: as in process
+                    signals.send(
+                        signals.handler_succeeded, self.bus, event=event, handler=sub.name,
+                        attempts=attempt,
+                    )  # fmt: skip
                 return
             delay = policy.next_delay(attempt, error, self.bus.clock)
             if delay is None:
@@ -894,16 +899,22 @@ def serve(
     import signal
 
     worker = Worker(bus, handlers=handlers, concurrency=concurrency)
-    server = None
+    served = None
     if metrics_port is not None:
         from ..prometheus import serve_metrics
 
-        server, _ = serve_metrics(bus, worker, port=metrics_port, host=metrics_host)
+        try:
+            served = serve_metrics(bus, worker, port=metrics_port, host=metrics_host)
+        except (OSError, OverflowError) as error:
+            raise ValueError(
+                f"cannot serve metrics on {metrics_host}:{metrics_port}: {error}; give each "
+                "worker on a machine a port of its own"
+            ) from None
         logger.info(
             "worker %s: metrics on http://%s:%d/metrics",
             worker.name,
             metrics_host,
-            metrics_port,
+            served.port,
             extra={"worker": worker.name},
         )
 
@@ -941,9 +952,8 @@ def serve(
     try:
         asyncio.run(main())
     finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        if served is not None:
+            served.close()
     logger.info(
         "worker %s: stopped after %d entries",
         worker.name,
@@ -953,15 +963,16 @@ def serve(
     return 0
 
 
-def groups(broker: RedisBroker) -> list[dict[str, t.Any]]:
+def groups(broker: RedisBroker, client: redis.Redis | None = None) -> list[dict[str, t.Any]]:
     """Each consumer group on the broker's stream: its handler, pending entries, lag, consumers.
 
     ``lag`` is how many entries the group has not read yet (None when Redis
     cannot tell, after entries were deleted out of order); ``pending`` how
     many it read and has not acknowledged (running, or held by a worker
-    that died, until taken over).
+    that died, until taken over). ``client``: another client of the
+    broker's server (one with shorter timeouts, for a metrics scrape).
     """
-    client = broker.client
+    client = client if client is not None else broker.client
     try:
         infos: t.Any = client.xinfo_groups(broker.keys.stream)
         length = int(client.xlen(broker.keys.stream))
