@@ -17,7 +17,7 @@ except ImportError as missing:  # pragma: no cover - the dev environment has it
     ) from missing
 
 from ..errors import BrokerError
-from ._broker import RedisBroker
+from ._broker import RedisBroker, entry_fields
 from ._inbox import RedisInbox
 from ._store import RedisDeadLetterStore, RedisDeadLetterStoreError
 from ._worker import UnreadableEntryError, Worker, WorkerLostError
@@ -31,4 +31,5 @@ __all__ = [
     "UnreadableEntryError",
     "Worker",
     "WorkerLostError",
+    "entry_fields",
 ]

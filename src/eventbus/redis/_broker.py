@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc as c
 import contextvars
 import dataclasses
 import typing as t
@@ -35,9 +36,45 @@ class Attempt:
 
     event: Event
     children: list[Event] = dataclasses.field(default_factory=list)
+    #: The stream entry of each child, made when it was published (its fields' hooks ran then,
+    #: in the handler's context: a trace's context, say).
+    entries: list[dict[str, str]] = dataclasses.field(default_factory=list)
     #: An idempotent handler's run: skipped as a duplicate, or recorded by an inbox transaction.
     skipped: bool = False
     recorded: bool = False
+
+    def drop(self) -> None:
+        """Forget what it published (a failed attempt publishes nothing)."""
+        self.children.clear()
+        self.entries.clear()
+
+    def written(self) -> list[tuple[Event, dict[str, str]]]:
+        """Each child with its entry, in the order published."""
+        return list(zip(self.children, self.entries, strict=True))
+
+
+#: The raw fields of the stream entry whose handler runs in this context (a worker sets it).
+handled_entry: contextvars.ContextVar[t.Mapping[bytes, bytes] | None] = contextvars.ContextVar(
+    "eventbus_redis_entry", default=None
+)
+
+
+def entry_fields() -> dict[str, str]:
+    """The fields of the stream entry being handled here (empty outside a worker's handler).
+
+    ``event_type`` and ``payload``, and whatever the broker's entry hooks
+    added when it was published (``RedisBroker.add_entry_fields``: a
+    ``traceparent``, say).
+    """
+    raw = handled_entry.get()
+    if not raw:
+        return {}
+    return {
+        (k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): (
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }
 
 
 #: The attempt of the handler running in this context (a worker sets it).
@@ -99,6 +136,7 @@ class RedisBroker:
             weakref.WeakKeyDictionary()
         )
         self._dead_letters = RedisDeadLetterStore(url, namespace=namespace, timeout=timeout)
+        self._entry_hooks: tuple[c.Callable[[Event], t.Mapping[str, str]], ...] = ()
         self._inbox = RedisInbox(url, namespace=namespace, timeout=timeout)
 
     @property
@@ -131,6 +169,35 @@ class RedisBroker:
 
         return groups(self)
 
+    # -- the entries ---------------------------------------------------------------
+
+    def add_entry_fields(self, hook: c.Callable[[Event], t.Mapping[str, str]], /) -> None:
+        """Call ``hook(event)`` as each event's entry is made; its fields go in the entry.
+
+        It runs where the event is published (in a worker: in the handler's
+        context), once per event. Readers ignore fields they do not know;
+        ``event_type`` and ``payload`` are the broker's. What the handler of
+        the entry sees of them: :func:`eventbus.redis.entry_fields`.
+        """
+        if not callable(hook):
+            raise TypeError(f"add_entry_fields() takes a function, got {hook!r}")
+        self._entry_hooks = (*self._entry_hooks, hook)
+
+    def remove_entry_fields(self, hook: c.Callable[[Event], t.Mapping[str, str]], /) -> None:
+        """Stop calling ``hook``; ``ValueError`` if it was not added."""
+        if hook not in self._entry_hooks:
+            raise ValueError(f"{hook!r} is not an entry hook of {self!r}")
+        self._entry_hooks = tuple(h for h in self._entry_hooks if h is not hook)
+
+    def entry(self, event: Event, /) -> dict[str, str]:
+        """The fields of ``event``'s stream entry, the hooks' included."""
+        fields = entry(event)
+        for hook in self._entry_hooks:
+            for name, value in hook(event).items():
+                if name not in ("event_type", "payload"):
+                    fields[name] = value
+        return fields
+
     # -- the Transport protocol ---------------------------------------------------
 
     def bind(self, bus: EventBus, plan: Plan, /) -> tuple[Publish, PublishAsync]:
@@ -147,7 +214,7 @@ class RedisBroker:
         attempt = running.get()
         if attempt is not None:
             return self._buffer(attempt, event)
-        fields = entry(event)
+        fields = self.entry(event)
         try:
             self._client.xadd(self.keys.stream, fields)  # type: ignore[arg-type]
         except redis.RedisError as error:
@@ -170,7 +237,7 @@ class RedisBroker:
         attempt = running.get()
         if attempt is not None:
             return self._buffer(attempt, event)
-        fields = entry(event)  # an event that cannot be written fails here, alone
+        fields = self.entry(event)  # an event that cannot be written fails here, alone
         loop = asyncio.get_running_loop()
         batch = self._batches.get(loop)
         if batch is None:
@@ -214,8 +281,9 @@ class RedisBroker:
     def _buffer(self, attempt: Attempt, event: Event) -> PublishResult:
         if event.causation_id is None or event.correlation_id is None:
             event = _stamped(event, attempt.event)
-        entry(event)  # an event that cannot be written fails its publish, not the acknowledgement
+        fields = self.entry(event)  # one that cannot be written fails here, not at the ack
         attempt.children.append(event)
+        attempt.entries.append(fields)
         return HeldResult(event)
 
     # -- lifetime -----------------------------------------------------------------

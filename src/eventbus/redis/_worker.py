@@ -51,7 +51,7 @@ from ..inbox.protocol import AlreadyHandled, Handling, handling
 from ..middleware import HandlerCall, Middleware, chain_async
 from ..results import PublishResult
 from ..retry import RetryPolicy
-from ._broker import Attempt, RedisBroker, entry, running
+from ._broker import Attempt, RedisBroker, handled_entry, running
 from ._inbox import RedisInbox
 from ._store import _ADD
 
@@ -429,6 +429,7 @@ class Worker:
     ) -> None:
         context = contextvars.copy_context()  # its log records name this worker and entry
         context.run(log_context.set, {"worker": self.name, "entry_id": entry_id.decode()})
+        context.run(handled_entry.set, fields)  # for eventbus.redis.entry_fields()
         task = asyncio.create_task(
             self._handle(sub, entry_id, fields, pending=pending, claimed=claimed),
             context=context,
@@ -578,7 +579,7 @@ class Worker:
                 key = None
                 if record and self._inbox_here:
                     key = t.cast(RedisInbox, self._inbox).key(group, event.event_id)
-                await self._acknowledge(group, entry_id, attempt_run.children, key)
+                await self._acknowledge(group, entry_id, attempt_run.written(), key)
                 if record and key is None:
                     await self._record(group, event)
                 if not attempt_run.skipped:  # a duplicate skipped did not run: as in process
@@ -620,11 +621,11 @@ class Worker:
         try:
             await chain_async(middleware, innermost)(event, call)
         except AlreadyHandled:  # an inbox transaction found the record: rolled back, skipped
-            run.children.clear()
+            run.drop()
             run.skipped = True
             _skipped(sub.name, event)
         except Exception as error:
-            run.children.clear()  # a failed attempt publishes nothing
+            run.drop()  # a failed attempt publishes nothing
             return error
         finally:
             if handling_token is not None:
@@ -670,7 +671,11 @@ class Worker:
             )
 
     async def _acknowledge(
-        self, group: str, entry_id: bytes, children: list[Event], record: str | None = None
+        self,
+        group: str,
+        entry_id: bytes,
+        children: list[tuple[Event, dict[str, str]]],
+        record: str | None = None,
     ) -> None:
         """Acknowledge a success, with its children, in a MULTI/EXEC; return once written.
 
@@ -703,8 +708,8 @@ class Worker:
                 try:
                     async with self._client.pipeline(transaction=True) as pipe:
                         for _, children, record, _ in batch:
-                            for child in children:
-                                pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
+                            for _, fields in children:
+                                pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
                             if record is not None:
                                 pipe.set(record, b"1", px=self._record_ms)
                         pipe.xack(self._stream, group, *(item[0] for item in batch))
@@ -738,7 +743,7 @@ class Worker:
                     future.set_exception(failure)
                     continue
                 future.set_result(None)
-                for child in children:
+                for child, _ in children:
                     signals.send(signals.event_published, self.bus, event=child, publisher=group)
 
     async def _dead_letter(
@@ -761,7 +766,7 @@ class Worker:
         )
         if as_type is not None:  # an unreadable entry: the letter names the type it claimed
             letter = dataclasses.replace(letter, event_type=as_type)
-        children: list[Event] = []
+        children: list[tuple[Event, dict[str, str]]] = []
         if sub.on_give_up is not None:  # in a thread: a plain function may block
             children = await asyncio.to_thread(_call_give_up, sub, letter)
         store = self.broker.dead_letters
@@ -772,11 +777,11 @@ class Worker:
                 args=[str(letter.id), store.encode(letter)],
                 client=pipe,
             )
-            for child in children:
-                pipe.xadd(self._stream, entry(child))  # type: ignore[arg-type]
+            for _, fields in children:
+                pipe.xadd(self._stream, fields)  # type: ignore[arg-type]
             pipe.xack(self._stream, sub.name, entry_id)
             await pipe.execute()
-        for child in children:
+        for child, _ in children:
             signals.send(signals.event_published, self.bus, event=child, publisher=sub.name)
         why = ""
         if policy is not None and attempts < policy.max_attempts:
@@ -789,7 +794,7 @@ class Worker:
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 #: An acknowledgement waiting to be written: entry id, children, inbox record key, its waiter.
-_Commit = tuple[bytes, list[Event], str | None, "asyncio.Future[None]"]
+_Commit = tuple[bytes, list[tuple[Event, dict[str, str]]], str | None, "asyncio.Future[None]"]
 
 
 def _entries(read: object) -> list[Entry]:
@@ -993,13 +998,13 @@ def groups(broker: RedisBroker, client: redis.Redis | None = None) -> list[dict[
     ]
 
 
-def _call_give_up(sub: Subscription, letter: DeadLetter) -> list[Event]:
+def _call_give_up(sub: Subscription, letter: DeadLetter) -> list[tuple[Event, dict[str, str]]]:
     """Run ``sub``'s ``on_give_up``; what it published, to be written with its letter."""
     hook = Attempt(letter.event)
     token = running.set(hook)
     handled = current.set(PublishResult(letter.event))  # what it makes follows from the event
     try:
-        return hook.children if give_up(sub, letter) else []
+        return hook.written() if give_up(sub, letter) else []
     finally:
         current.reset(handled)
         running.reset(token)
