@@ -268,3 +268,36 @@ def test_across_redis_by_default_a_process_span_links_to_the_send_span(
     [link] = process_job.links
     assert link.context.span_id == send_job.context.span_id
     assert link.context.trace_id == request.context.trace_id
+
+
+def test_an_application_without_redis_installed_traces_its_bus() -> None:
+    """eventbus.otel and eventbus.prometheus never import redis for a bus that is not on it."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+sys.modules["redis"] = None  # as if redis-py were not installed
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+from eventbus import Event, EventBus
+from eventbus.otel import Tracing
+from eventbus.prometheus import PrometheusMetrics, serve_metrics
+class Ping(Event):
+    pass
+bus = EventBus()
+bus.subscribe(Ping, name="ping")(lambda event: None)
+tracing = Tracing(TracerProvider())
+tracing.install(bus)
+bus.publish(Ping())
+tracing.uninstall(bus)
+served = serve_metrics(bus, port=0)
+served.close()
+assert "eventbus.redis" not in sys.modules
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import sys
 import threading
 import typing as t
 import uuid
@@ -78,12 +79,11 @@ class Tracing(Middleware):
         """Trace what ``bus`` publishes and handles from now on."""
         if bus in self._buses:
             raise ValueError(f"{self!r} is installed on {bus!r} already")
-        from .redis import RedisBroker
-
         broker = bus.broker
-        if isinstance(broker, RedisBroker):  # sent as the entry is made, its context in it
-            hook = functools.partial(self._entry_fields, stream=broker.keys.stream)
-            broker.add_entry_fields(hook)
+        if _on_redis(bus):  # sent as the entry is made, its context in it
+            assert broker is not None
+            hook = functools.partial(self._entry_fields, stream=broker.keys.stream)  # type: ignore[attr-defined]
+            broker.add_entry_fields(hook)  # type: ignore[attr-defined]
             self._buses[bus] = (broker, hook)
         else:
             receiver = functools.partial(self._on_published, system="eventbus")
@@ -163,8 +163,6 @@ class Tracing(Middleware):
                 raise
 
     def _process_span(self, event: Event, call: HandlerCall) -> trace.Span:
-        from .redis import entry_fields
-
         attributes = _attributes(event, _system(call.bus), "process")
         attributes["messaging.consumer.group.name"] = call.subscription.name
         attributes["eventbus.attempt"] = call.attempt
@@ -175,7 +173,7 @@ class Tracing(Middleware):
             return self.tracer.start_span(
                 name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
             )
-        fields = entry_fields()  # on a worker: the producer's context came in the entry
+        fields = _entry_fields(call.bus)  # on a worker: the producer's context, in the entry
         remote = trace.get_current_span(propagate.extract(fields)).get_span_context()
         if fields and remote.is_valid:
             attributes["messaging.destination.name"] = _stream(call.bus)
@@ -196,8 +194,22 @@ class Tracing(Middleware):
         return f"<Tracing on {len(self._buses)} bus(es)>"
 
 
+def _on_redis(bus: EventBus) -> bool:
+    """Whether ``bus`` is on a RedisBroker (never importing redis for a bus that is not)."""
+    module = sys.modules.get("eventbus.redis")
+    return module is not None and isinstance(bus.broker, module.RedisBroker)
+
+
+def _entry_fields(bus: EventBus) -> dict[str, str]:
+    if not _on_redis(bus):
+        return {}
+    from .redis import entry_fields
+
+    return entry_fields()
+
+
 def _system(bus: EventBus) -> str:
-    return "redis" if bus.broker is not None else "eventbus"
+    return "redis" if _on_redis(bus) else "eventbus"
 
 
 def _stream(bus: EventBus) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections.abc as c
 import functools
+import sys
 import time
 import typing as t
 import weakref
@@ -405,14 +406,13 @@ def serve_metrics(
     it before the worker runs: a running worker does not see middleware
     added later. ``python -m eventbus worker --metrics-port`` calls this.
     """
-    from .redis import RedisBroker
-
     registry = registry if registry is not None else CollectorRegistry()
     server, thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
     metrics = PrometheusMetrics(registry)
     metrics.install(bus)
     broker = None
-    if isinstance(bus.broker, RedisBroker):
+    redis_module = sys.modules.get("eventbus.redis")  # a RedisBroker means it was imported
+    if redis_module is not None and isinstance(bus.broker, redis_module.RedisBroker):
         broker = BrokerCollector(bus.broker)
         registry.register(broker)
     if worker is not None:
