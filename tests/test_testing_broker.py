@@ -161,9 +161,7 @@ def test_an_event_made_in_a_handler_or_its_hook_follows_from_the_event_handled(
     async def ship(event: Placed) -> None:
         made.append(Shipped(order_id=event.order_id))
 
-    @bus.subscribe(
-        name="app.fail", on_give_up=lambda letter: made.append(Shipped(order_id="hook"))
-    )
+    @bus.subscribe(name="app.fail", on_give_up=lambda letter: made.append(Shipped(order_id="hook")))
     def fail(event: Placed) -> None:
         raise ValueError("no")
 
