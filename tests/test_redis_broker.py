@@ -70,6 +70,33 @@ def test_a_publish_returns_once_the_entry_is_in_the_stream(
     assert broker.keys.stream == "eventbus:shop:events"
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+def test_entry_hooks_add_their_fields_to_each_entry_but_never_the_brokers_own(
+    broker: RedisBroker, use_async: bool
+) -> None:
+    bus = EventBus(broker=broker)
+    seen: list[Event] = []
+
+    def trace_context(event: Event) -> dict[str, str]:
+        seen.append(event)
+        return {"traceparent": f"00-{event.event_id.hex}-0000000000000001-01", "payload": "x"}
+
+    broker.add_entry_fields(trace_context)
+    placed = OrderPlaced(order_id="o1")
+    publish(bus, placed, use_async)
+    broker.remove_entry_fields(trace_context)
+    publish(bus, OrderPlaced(order_id="o2"), use_async)
+    first, second = entries(broker)
+    assert first[b"traceparent"] == f"00-{placed.event_id.hex}-0000000000000001-01".encode()
+    assert Event.from_json(placed.event_type, first[b"payload"]) == placed  # not the hook's
+    assert b"traceparent" not in second  # removed: no more fields
+    assert seen == [placed]  # once per event
+    with pytest.raises(ValueError, match="is not an entry hook"):
+        broker.remove_entry_fields(trace_context)
+    with pytest.raises(TypeError, match="takes a function"):
+        broker.add_entry_fields("traceparent")  # type: ignore[arg-type]
+
+
 def test_events_keep_their_publish_order(broker: RedisBroker) -> None:
     bus = EventBus(broker=broker)
     for n in range(50):
