@@ -17,6 +17,10 @@ bus of one process), then deletes the rows it sent, all behind the lease:
 - **At least once.** A row is deleted after it was sent: a relay killed
   in between sends it again (the rows of at most one pass). Its event
   keeps its ``event_id``, so idempotent handlers skip the second copy.
+- **In its trace.** An event is published in the trace context it was
+  added in (kept in its row): its send span is a child of the span of the
+  request or handler that added it, so a cascade through outboxes is one
+  trace.
 - **Nothing lost.** A row that cannot be read back into an event (its
   type is not imported here, its JSON no longer validates) becomes a dead
   letter keeping its JSON; a letter that cannot be stored leaves its row
@@ -36,11 +40,12 @@ import uuid
 from pydantic import ValidationError
 
 from .._logs import event_fields
+from .._propagation import attached
 from ..dead_letters import DeadLetter, DeadLetterStore, UndefinedEvent
 from ..dead_letters.letter import RELAY, describe
 from ..events import Event, EventSerializationError, UnknownEventTypeError
 from ..retry import RetryPolicy, finite_non_negative
-from .sqlite import OutboxRow, SQLiteOutbox
+from .sqlite import COLUMNS, OutboxRow, SQLiteOutbox
 
 if t.TYPE_CHECKING:
     from ..bus import EventBus
@@ -120,7 +125,8 @@ class Relay:
                         continue  # made a dead letter: the next row goes
                     break  # the letter could not be stored: the row stays first
                 try:
-                    self.bus.publish(event)
+                    with attached(row.headers):  # in the trace the event was added in
+                        self.bus.publish(event)
                 except Exception as error:
                     if not self._failed(row, event, error, done):
                         break
@@ -146,7 +152,8 @@ class Relay:
                         continue
                     break
                 try:
-                    await self.bus.publish_async(event)
+                    with attached(row.headers):
+                        await self.bus.publish_async(event)
                 except Exception as error:
                     if not await _in_thread(self._failed, row, event, error, done):
                         break
@@ -235,11 +242,9 @@ class Relay:
                     (self.name, self._token, now + self.lease),
                 )
             found = db.execute(
-                f"SELECT seq, event_type, payload, attempts, next_try_at, last_error "
-                f"FROM {outbox.table} ORDER BY seq LIMIT ?",
-                (self.batch,),
+                f"SELECT {COLUMNS} FROM {outbox.table} ORDER BY seq LIMIT ?", (self.batch,)
             ).fetchall()
-        rows = [OutboxRow(*row) for row in found]
+        rows = [OutboxRow._read(row) for row in found]
         if rows and rows[0].next_try_at > now:
             return []  # the first row waits for its next attempt, and the others behind it
         return rows

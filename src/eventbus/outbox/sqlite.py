@@ -9,8 +9,9 @@ reads the table in order and publishes each event on a bus (to Redis, on a
 broker bus), deleting the rows it sent.
 
 Tables (created when missing): ``{table}`` holds the rows waiting, in the
-order they were added (``seq``), with the attempts made to send each and
-the time of the next; ``{table}_lease`` holds the one lease that lets a
+order they were added (``seq``), with the attempts made to send each, the
+time of the next, and the trace context the event was added in (its
+``headers``, for the relay to send it in that context); ``{table}_lease`` holds the one lease that lets a
 single relay send at a time, with a fencing token that grows with every
 new holder, so a relay that lost its lease cannot delete rows it no longer
 owns.
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import sqlite3
 import time
 import typing as t
 
+from .._propagation import capture
 from .._sqlite import Connections, check_path
 from ..errors import EventBusError
 from ..events import Event
@@ -49,6 +52,27 @@ class OutboxRow:
     attempts: int
     next_try_at: float
     last_error: str | None
+    #: The trace context current when the event was added (W3C ``traceparent``, ``baggage``):
+    #: the relay publishes the event in it. Empty without OpenTelemetry.
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def _read(cls, found: tuple[t.Any, ...]) -> OutboxRow:
+        """A row from ``SELECT {COLUMNS}``; headers that are not a JSON object of text, none."""
+        *columns, headers = found
+        try:
+            parsed = json.loads(headers) if headers else {}
+        except ValueError:
+            parsed = {}
+        if not isinstance(parsed, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in parsed.items()
+        ):
+            parsed = {}  # a trace context is a hint: a damaged one never stops the event
+        return cls(*columns, headers=parsed)
+
+
+#: The columns an OutboxRow is read from, in its fields' order.
+COLUMNS = "seq, event_type, payload, attempts, next_try_at, last_error, headers"
 
 
 class SQLiteOutbox:
@@ -98,7 +122,7 @@ class SQLiteOutbox:
                 "seq INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL, "
                 "payload TEXT NOT NULL, added_at REAL NOT NULL, "
                 "attempts INTEGER NOT NULL DEFAULT 0, next_try_at REAL NOT NULL DEFAULT 0, "
-                "last_error TEXT)",
+                "last_error TEXT, headers TEXT)",
                 f"CREATE TABLE IF NOT EXISTS {self.lease_table} ("
                 "id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, "
                 "token INTEGER NOT NULL, until REAL NOT NULL)",
@@ -106,8 +130,18 @@ class SQLiteOutbox:
             error=OutboxError,
             owner=repr(self),
         )
-        with self._db.errors("create its tables"), self._db.lend():
-            pass  # fail here, at construction, on a path that cannot be a database
+        with self._db.errors("create its tables"), self._db.lend() as db:
+            # fail here, at construction, on a path that cannot be a database
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if "headers" not in columns:
+            self._add_headers_column()
+
+    def _add_headers_column(self) -> None:
+        """Migrate a table made before outbox rows kept their trace context."""
+        with self._db.write("add the headers column to its table") as db:
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({self.table})")}
+            if "headers" not in columns:  # another process may have added it meanwhile
+                db.execute(f"ALTER TABLE {self.table} ADD COLUMN headers TEXT")
 
     # -- writing, in the caller's transaction ----------------------------------------
 
@@ -118,7 +152,10 @@ class SQLiteOutbox:
         back. ``db`` must be a connection to this outbox's file (the
         application's, or the one ``SQLiteInbox.transaction()`` yields);
         the event is serialized here, so an event that cannot be is refused
-        before anything is written.
+        before anything is written. In a process that uses OpenTelemetry,
+        the trace context current here is written with the event, and the
+        relay sends the event in it: the send span is a child of the span
+        that added the event (a request's, a handler's).
         """
         if not isinstance(event, Event):
             raise TypeError(f"outbox.add() takes an Event, got {event!r}")
@@ -138,10 +175,12 @@ class SQLiteOutbox:
                 "in the default mode, where the first write opens one"
             )
         self._check(db)  # a PRAGMA, microseconds: the same file, or the event is refused
+        headers = capture()
         with self._db.errors("add an event"):
             db.execute(
-                f"INSERT INTO {self.table} (event_type, payload, added_at) VALUES (?, ?, ?)",
-                (event.event_type, payload, time.time()),
+                f"INSERT INTO {self.table} (event_type, payload, added_at, headers) "
+                "VALUES (?, ?, ?, ?)",
+                (event.event_type, payload, time.time(), json.dumps(headers) if headers else None),
             )
 
     def _check(self, db: sqlite3.Connection) -> None:
@@ -166,11 +205,10 @@ class SQLiteOutbox:
         """The rows waiting, oldest first (all, or the first ``limit``)."""
         with self._db.errors("read its rows"), self._db.lend() as db:
             found = db.execute(
-                f"SELECT seq, event_type, payload, attempts, next_try_at, last_error "
-                f"FROM {self.table} ORDER BY seq LIMIT ?",
+                f"SELECT {COLUMNS} FROM {self.table} ORDER BY seq LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
-        return [OutboxRow(*row) for row in found]
+        return [OutboxRow._read(row) for row in found]
 
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction on a connection of the outbox's own (the relay's)."""
