@@ -101,6 +101,7 @@ def test_a_cascade_is_one_trace_of_send_and_process_spans(
         "messaging.operation.type": "send",
         "messaging.operation.name": "send",
         "messaging.destination.name": OrderPlaced.event_type,
+        "eventbus.event_type": OrderPlaced.event_type,
         "messaging.message.id": str(placed.event_id),
         "messaging.message.conversation_id": str(placed.event_id),
     }
@@ -250,6 +251,7 @@ def test_across_redis_with_parent_a_cascade_is_one_trace(
     attributes = dict(process_job.attributes or {})
     assert attributes["messaging.system"] == "redis"
     assert attributes["messaging.destination.name"] == stream
+    assert attributes["eventbus.event_type"] == Job.event_type  # the stream holds every type
     assert attributes["messaging.consumer.group.name"] == "jobs.run"
 
 
@@ -301,3 +303,64 @@ print("ok")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+class JobAbandoned(Event):
+    number: int
+
+
+@pytest.mark.parametrize("on_redis", [False, True], ids=["in-process", "worker"])
+def test_what_a_give_up_hook_publishes_goes_on_in_the_cascade_s_trace(
+    request: pytest.FixtureRequest,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    on_redis: bool,
+) -> None:
+    """A compensation published by ``on_give_up`` is in the trace of the event given up on."""
+    broker = None
+    if on_redis:
+        from eventbus.redis import RedisBroker
+
+        broker = RedisBroker(request.getfixturevalue("redis_url"), namespace="give-up")
+    bus = EventBus(broker=broker, retry=RetryPolicy(max_attempts=1))
+    tracing = Tracing(provider, parent=True)
+    tracing.install(bus)
+
+    def fail(event: Job) -> None:
+        raise RuntimeError("the job cannot run")
+
+    bus.subscribe(
+        name="jobs.run",
+        on_give_up=lambda letter: bus.publish(JobAbandoned(number=letter.event.number)),  # type: ignore[attr-defined]
+    )(fail)
+    bus.subscribe(JobAbandoned, name="audit.abandoned")(lambda event: None)
+    try:
+        if broker is None:
+            with provider.get_tracer("web").start_as_current_span("POST /jobs"):
+                bus.publish(Job(number=1))
+        else:
+            from eventbus.redis import Worker
+
+            worker = Worker(bus, block=0.05)
+
+            async def main() -> None:
+                running = asyncio.create_task(worker.run())
+                with provider.get_tracer("web").start_as_current_span("POST /jobs"):
+                    bus.publish(Job(number=1))
+                for _ in range(3000):
+                    if worker.handled >= 2:
+                        break
+                    await asyncio.sleep(0.01)
+                worker.stop()
+                await running
+
+            asyncio.run(main())
+    finally:
+        tracing.uninstall(bus)
+        if broker is not None:
+            broker.close()
+    found = spans(exporter)
+    [web] = found["POST /jobs"]
+    [abandoned] = found[f"process {JobAbandoned.event_type}"]
+    assert abandoned.context.trace_id == web.context.trace_id
+    assert len({span.context.trace_id for span in exporter.get_finished_spans()}) == 1

@@ -223,6 +223,7 @@ def _attributes(event: Event, system: str, operation: str) -> dict[str, t.Any]:
         "messaging.operation.type": operation,
         "messaging.operation.name": operation,
         "messaging.destination.name": event.event_type,
+        "eventbus.event_type": event.event_type,
         "messaging.message.id": str(event.event_id),
         "messaging.message.conversation_id": str(event.correlation_id or event.event_id),
     }

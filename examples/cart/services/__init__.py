@@ -17,7 +17,10 @@ A worker of a service is::
 (users handles no events: it runs only a relay, ``python -m eventbus relay
 examples.cart.services:users --outbox DATA/users.db``). The attribute
 named is built on first use from the environment: ``CART_REDIS_URL``,
-``CART_NAMESPACE`` and ``CART_DATA`` (the directory of the files).
+``CART_NAMESPACE`` and ``CART_DATA`` (the directory of the files), and
+``CART_TRACES``, if set, a directory where the service writes its
+OpenTelemetry spans (:mod:`.spans`): every bus has ``Tracing(parent=True)``,
+so an action and all it sets going across the services is one trace.
 ``python -m examples.cart.services`` starts a private Redis and the six
 services, and plays the scenarios through them.
 """
@@ -31,6 +34,9 @@ import typing as t
 
 from eventbus import EventBus
 from eventbus.redis import RedisBroker
+
+if t.TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 from ..cart.service import Carts
 from ..catalog.service import Catalog
@@ -81,11 +87,13 @@ def open_service(
     namespace: str,
     data: str | os.PathLike[str],
     on_commit: t.Callable[[], object] | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Service:
     """The service ``name`` of the shop on the Redis at ``url``, its files in ``data``.
 
     ``on_commit`` is called after each commit of an action (not of a
     handler): the services demo's front waits there for the cascade.
+    ``tracer_provider``: the service's bus is traced, with ``parent=True``.
     """
     if name not in SERVICES:
         raise LookupError(f"no service {name!r}; the services are {', '.join(SERVICES)}")
@@ -110,11 +118,15 @@ def open_service(
         module = Notifications(store)
     if not isinstance(module, Users):  # users publishes; it handles nothing
         bus.include(module.handlers())
+    if tracer_provider is not None:
+        from eventbus.otel import Tracing
+
+        Tracing(tracer_provider, parent=True).install(bus)  # before the worker starts
     return Service(name, bus, broker, store, module, gateway)
 
 
 def from_environment(name: str) -> Service:
-    """The service ``name`` configured by ``CART_REDIS_URL``, ``CART_NAMESPACE``, ``CART_DATA``."""
+    """The service ``name`` configured by the environment (``CART_REDIS_URL`` and the others)."""
     try:
         url, namespace, data = (
             os.environ[variable] for variable in ("CART_REDIS_URL", "CART_NAMESPACE", "CART_DATA")
@@ -124,7 +136,14 @@ def from_environment(name: str) -> Service:
             f"{missing.args[0]} is not set: a service of the shop needs CART_REDIS_URL, "
             "CART_NAMESPACE and CART_DATA (python -m examples.cart.services sets them)"
         ) from None
-    return open_service(name, url=url, namespace=namespace, data=data)
+    tracer_provider = None
+    if traces := os.environ.get("CART_TRACES"):
+        from .spans import provider
+
+        tracer_provider = provider(traces, name)
+    return open_service(
+        name, url=url, namespace=namespace, data=data, tracer_provider=tracer_provider
+    )
 
 
 def __getattr__(name: str) -> EventBus:

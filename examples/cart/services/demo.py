@@ -5,13 +5,16 @@ the six services started (:class:`Processes`), the scenario played through
 :class:`ServicesShop` (what users and staff do runs in this process, on
 the services' own files, like the web front of each service; everything
 that follows runs in the workers, through Redis), and then its cascade, read
-back from the stream, and its final state, read from the services' files.
+back from the stream, its traces (every action of the front and all it set
+going across the services is one OpenTelemetry trace), and its final state,
+read from the services' files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import pathlib
 import signal
@@ -23,6 +26,7 @@ import typing as t
 import uuid
 
 import redis
+from opentelemetry.trace import Tracer
 
 from eventbus import DeadLetter, Event, EventBus, PublishResult
 
@@ -35,7 +39,7 @@ from ..payments.gateway import FakeGateway
 from ..payments.service import Payments
 from ..scenarios import PREFIX, Scenario, final_state
 from ..users.service import Users
-from . import SERVICES, Service, open_service
+from . import SERVICES, Service, open_service, spans
 
 #: How long the services may take to start, or a scenario's cascade to settle (seconds).
 PATIENCE = 60.0
@@ -77,6 +81,7 @@ class Processes:
             "CART_REDIS_URL": self.url,
             "CART_NAMESPACE": self.namespace,
             "CART_DATA": str(self.data),
+            "CART_TRACES": str(self.data / "traces"),
         }
         with (self.data / f"{service}.log").open("ab") as log:
             process = subprocess.Popen(
@@ -154,21 +159,32 @@ class ServicesShop:
         self.notes: list[str] = []  # what happened to the services themselves, for the output
         self._kill_when_hanging = False
         self._services: dict[str, Service] = {}
+        self._tracers = spans.provider(data / "traces", spans.FRONT)  # the front's own spans
         try:
             for name in SERVICES:
                 self._services[name] = open_service(
-                    name, url=url, namespace=self.namespace, data=data, on_commit=self.settle
+                    name,
+                    url=url,
+                    namespace=self.namespace,
+                    data=data,
+                    on_commit=self.settle,
+                    tracer_provider=self._tracers,
                 )
         except BaseException:
             self._close()
             raise
         services = self._services
-        self.users = t.cast(Users, services["users"].module)
-        self.catalog = t.cast(Catalog, services["catalog"].module)
-        self.carts = t.cast(Carts, services["cart"].module)
-        self.payments = t.cast(Payments, services["payments"].module)
-        self.checkout = t.cast(CheckoutSaga, services["checkout"].module)
-        self.notifications = t.cast(Notifications, services["notifications"].module)
+        self._tracer = tracer = self._tracers.get_tracer("examples.cart.front")
+        self.users = t.cast(Users, Served(services["users"].module, "users", tracer))
+        self.catalog = t.cast(Catalog, Served(services["catalog"].module, "catalog", tracer))
+        self.carts = t.cast(Carts, Served(services["cart"].module, "cart", tracer))
+        self.payments = t.cast(Payments, Served(services["payments"].module, "payments", tracer))
+        self.checkout = t.cast(
+            CheckoutSaga, Served(services["checkout"].module, "checkout", tracer)
+        )
+        self.notifications = t.cast(
+            Notifications, Served(services["notifications"].module, "notifications", tracer)
+        )
         gateway = services["payments"].gateway
         assert gateway is not None
         self.gateway: FakeGateway = gateway
@@ -180,6 +196,7 @@ class ServicesShop:
             url, self.namespace, data, {name: s.handlers for name, s in services.items()}
         )
         self._opened: bytes = b"0-0"  # the stream's last entry once the shop had opened
+        self._opened_at = 0  # and when (ns since the epoch), for the traces since
 
     # -- the lifetime of the services -------------------------------------------------
 
@@ -190,6 +207,7 @@ class ServicesShop:
             for sku, name, price_cents, stock in PRODUCTS:  # the shop opens
                 self.catalog.add_product(sku, name, price_cents=price_cents, stock=stock)
             self._opened = self._client.xinfo_stream(self._stream)["last-generated-id"]
+            self._opened_at = time.time_ns()
         except BaseException:
             self.__exit__()  # whatever was started is stopped
             raise
@@ -204,14 +222,16 @@ class ServicesShop:
     def _close(self) -> None:
         for service in self._services.values():
             service.close()
+        self._tracers.shutdown()
 
     # -- what ShopFront asks --------------------------------------------------------------
 
     def redrive(self, letter: DeadLetter) -> PublishResult:
         """An operator's redrive: the handler runs again here, on its service's files."""
         service = self._services[letter.handler.split(".", 1)[0]]
-        result = service.bus.redrive(letter)
-        self.settle()
+        with spans.front_span(self._tracer, "operator.redrive"):
+            result = service.bus.redrive(letter)
+            self.settle()
         return result
 
     def payments_die_mid_charge(self) -> None:
@@ -318,6 +338,40 @@ class ServicesShop:
             show(root, "", True, top=True)
         return "\n".join(lines).replace(PREFIX, "")
 
+    def traces(self) -> list[str]:
+        """Per action since the shop opened that set events going, its trace; and lost ones.
+
+        From the spans every process of the scenario wrote (its services',
+        the front's): see :func:`.spans.summary`.
+        """
+        found = spans.read(self.data / "traces")
+        return [line.replace(PREFIX, "") for line in spans.summary(found, self._opened_at)]
+
+
+class Served:
+    """A module as its web front serves it: each of its actions in a span of the front.
+
+    As a web framework's OpenTelemetry instrumentation would make for the
+    request; the events the action publishes go on in that span's trace.
+    """
+
+    def __init__(self, module: object, service: str, tracer: Tracer) -> None:
+        self._module = module
+        self._service = service
+        self._tracer = tracer
+
+    def __getattr__(self, name: str) -> t.Any:
+        value = getattr(self._module, name)
+        if name.startswith("_") or not callable(value) or isinstance(value, type):
+            return value
+
+        @functools.wraps(value)
+        def served(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            with spans.front_span(self._tracer, f"{self._service}.{name}"):
+                return value(*args, **kwargs)
+
+        return served
+
 
 def show(scenario: Scenario, url: str, data: pathlib.Path) -> str:
     """Play ``scenario`` through six fresh services; its heading, cascade, notes, final state."""
@@ -327,5 +381,7 @@ def show(scenario: Scenario, url: str, data: pathlib.Path) -> str:
         shop.settle()
         parts = [f"== {scenario.name}: {scenario.summary}", "", shop.cascade()]
         parts += ["", *(f"! {note}" for note in shop.notes)] if shop.notes else []
+        parts += ["", "traces (OpenTelemetry spans of every process):"]
+        parts += [f"  {line}" for line in shop.traces()]
         parts += ["", final_state(shop)]
     return "\n".join(parts)

@@ -11,10 +11,10 @@ broker bus), deleting the rows it sent.
 Tables (created when missing): ``{table}`` holds the rows waiting, in the
 order they were added (``seq``), with the attempts made to send each, the
 time of the next, and the trace context the event was added in (its
-``headers``, for the relay to send it in that context); ``{table}_lease`` holds the one lease that lets a
-single relay send at a time, with a fencing token that grows with every
-new holder, so a relay that lost its lease cannot delete rows it no longer
-owns.
+``headers``, for the relay to send it in that context); ``{table}_lease``
+holds the one lease that lets a single relay send at a time, with a
+fencing token that grows with every new holder, so a relay that lost its
+lease cannot delete rows it no longer owns.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class OutboxRow:
     @classmethod
     def _read(cls, found: tuple[t.Any, ...]) -> OutboxRow:
         """A row from ``SELECT {COLUMNS}``; headers that are not a JSON object of text, none."""
-        *columns, headers = found
+        seq, event_type, payload, attempts, next_try_at, last_error, headers = found
         try:
             parsed = json.loads(headers) if headers else {}
         except ValueError:
@@ -68,7 +68,7 @@ class OutboxRow:
             isinstance(key, str) and isinstance(value, str) for key, value in parsed.items()
         ):
             parsed = {}  # a trace context is a hint: a damaged one never stops the event
-        return cls(*columns, headers=parsed)
+        return cls(seq, event_type, payload, attempts, next_try_at, last_error, parsed)
 
 
 #: The columns an OutboxRow is read from, in its fields' order.

@@ -39,6 +39,7 @@ from pydantic import ValidationError
 
 from .. import signals
 from .._logs import event_fields, log_context
+from .._propagation import attached
 from ..context import current
 from ..dead_letters.letter import DeadLetter, UndefinedEvent, describe
 from ..errors import BrokerError, EventBusError
@@ -51,7 +52,7 @@ from ..inbox.protocol import AlreadyHandled, Handling, handling
 from ..middleware import HandlerCall, Middleware, chain_async
 from ..results import PublishResult
 from ..retry import RetryPolicy
-from ._broker import Attempt, RedisBroker, handled_entry, running
+from ._broker import Attempt, RedisBroker, entry_fields, handled_entry, running
 from ._inbox import RedisInbox
 from ._store import _ADD
 
@@ -999,12 +1000,18 @@ def groups(broker: RedisBroker, client: redis.Redis | None = None) -> list[dict[
 
 
 def _call_give_up(sub: Subscription, letter: DeadLetter) -> list[tuple[Event, dict[str, str]]]:
-    """Run ``sub``'s ``on_give_up``; what it published, to be written with its letter."""
+    """Run ``sub``'s ``on_give_up``; what it published, to be written with its letter.
+
+    In the trace context its entry carries (the producer's send span, with
+    ``eventbus.otel``), as in one process a hook runs in the publisher's: so
+    the events it publishes (a compensation) go on in the cascade's trace.
+    """
     hook = Attempt(letter.event)
     token = running.set(hook)
     handled = current.set(PublishResult(letter.event))  # what it makes follows from the event
     try:
-        return hook.written() if give_up(sub, letter) else []
+        with attached(entry_fields()):
+            return hook.written() if give_up(sub, letter) else []
     finally:
         current.reset(handled)
         running.reset(token)
