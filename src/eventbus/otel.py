@@ -7,7 +7,12 @@ PRODUCER) for every event published and a ``process {event_type}`` span
 runs, so the application's own spans nest under it. In one process a
 cascade is one trace: an event published by a handler is sent in that
 handler's process span, and its handlers' process spans are children of
-its send span. Spans only: metrics are :mod:`eventbus.prometheus`'s.
+its send span.
+
+:class:`Metrics` gives the same counts, histogram and broker gauges as
+:mod:`eventbus.prometheus` through OpenTelemetry's metrics API, under names
+that OpenTelemetry's Prometheus exporter turns into the very same series
+(``eventbus.published`` -> ``eventbus_published_total``).
 
 Across processes, on a broker bus, the send span is made as the event's
 stream entry is, and its context travels in the entry (W3C ``traceparent``
@@ -19,21 +24,23 @@ so that a cascade across services is one trace.
 from __future__ import annotations
 
 import collections
+import collections.abc as c
 import functools
 import sys
 import threading
+import time
 import typing as t
 import uuid
 import weakref
 
 try:
-    from opentelemetry import propagate, trace
+    from opentelemetry import metrics, propagate, trace
 except ImportError as missing:  # pragma: no cover - the dev environment has it
     raise ImportError(
         "eventbus.otel needs the OpenTelemetry API: pip install 'eventbus[otel]'"
     ) from missing
 
-from . import signals
+from . import _metrics, signals
 from ._version import __version__
 from .inbox.protocol import AlreadyHandled
 from .middleware import AsyncCallNext, CallNext, HandlerCall, Middleware
@@ -42,11 +49,15 @@ if t.TYPE_CHECKING:
     from .bus import EventBus
     from .events import Event
     from .handlers.subscription import Subscription
+    from .redis import RedisBroker, Worker
 
-__all__ = ["Tracing"]
+__all__ = ["Metrics", "Tracing"]
 
 #: How many published events' send spans are remembered for their handlers to follow.
 REMEMBERED = 10_000
+
+#: Seconds a broker's reading serves its gauges: one read of Redis per collection.
+FRESH = 0.5
 
 
 class Tracing(Middleware):
@@ -235,3 +246,183 @@ def _failed(span: trace.Span, error: Exception) -> None:
         return
     span.record_exception(error)
     span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+class Metrics(_metrics.Counts):
+    """The metrics of the buses it is installed on, through OpenTelemetry's metrics API.
+
+    ``meter_provider``: OpenTelemetry's global one unless given. The same
+    counts as :class:`eventbus.prometheus.PrometheusMetrics`, kept by the
+    object and reported at each collection (observable counters), and each
+    attempt's duration recorded in a histogram (seconds, the same buckets
+    advised). The attributes are the Prometheus labels (``event_type``,
+    ``handler``, ``outcome``, ``namespace``), so a dashboard of the
+    Prometheus series reads what OpenTelemetry's Prometheus exporter makes
+    of these. :meth:`watch_broker` and :meth:`watch_worker` add a broker's
+    gauges and a worker's counts; :meth:`close` stops reporting them.
+    """
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        super().__init__()
+        self.meter = metrics.get_meter("eventbus", __version__, meter_provider=meter_provider)
+        meter = self.meter
+        for name, unit, description, read in (
+            ("published", "{event}", "Events published.", self._published_now),
+            ("handled", "{run}", "Handler runs ended, by outcome.", self._handled_now),
+            ("failed_attempts", "{attempt}", "Handler attempts that raised.", self._failed_now),
+            ("retries", "{attempt}", "Failed attempts another follows.", self._retries_now),
+            ("dead_letters", "{letter}", "Dead letters made.", self._letters_now),
+        ):
+            meter.create_observable_counter(
+                f"eventbus.{name}", callbacks=[read], unit=unit, description=description
+            )
+        self._duration = meter.create_histogram(
+            "eventbus.handler.duration",
+            unit="s",
+            description="How long each handler attempt took, by outcome (success or failure).",
+            explicit_bucket_boundaries_advisory=_metrics.BUCKETS,
+        )
+        #: (event type, handler, outcome) -> its attributes, made once.
+        self._attributes: dict[tuple[str, str, bool], dict[str, str]] = {}
+        self._brokers: dict[int, tuple[_metrics.BrokerReader, list[t.Any]]] = {}
+        self._workers: list[Worker] = []
+        self._watching = threading.Lock()
+        self._gauges_made = False
+        self._worker_counters_made = False
+
+    # -- durations: recorded as they are timed ------------------------------------------
+
+    def _timed(self, event_type: str, handler: str, ok: bool, seconds: float) -> None:
+        key = (event_type, handler, ok)
+        attributes = self._attributes.get(key)
+        if attributes is None:
+            attributes = self._attributes[key] = {
+                "event_type": event_type,
+                "handler": handler,
+                "outcome": "success" if ok else "failure",
+            }
+        self._duration.record(seconds, attributes)
+
+    # -- counts: observed at each collection ----------------------------------------------
+
+    def _published_now(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(count, {"event_type": event_type})
+            for event_type, count in self.snapshot().published.items()
+        ]
+
+    def _handled_now(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(count, {"event_type": k[0], "handler": k[1], "outcome": k[2]})
+            for k, count in self.snapshot().handled.items()
+        ]
+
+    def _failed_now(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
+        return _by_handler(self.snapshot().failed_attempts)
+
+    def _retries_now(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
+        return _by_handler(self.snapshot().retries)
+
+    def _letters_now(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
+        return _by_handler(self.snapshot().dead_letters)
+
+    # -- a broker's gauges and a worker's counts ------------------------------------------
+
+    def watch_broker(self, broker: RedisBroker, *, timeout: float = 1.0) -> None:
+        """Report ``broker``'s gauges, read from Redis at each collection (clients of its own).
+
+        ``eventbus.group.pending``, ``eventbus.group.lag``,
+        ``eventbus.group.consumers`` (attributes ``namespace``, ``handler``),
+        ``eventbus.dead_letter_store.letters`` and ``eventbus.broker.up``
+        (``namespace``): what :class:`eventbus.prometheus.BrokerCollector`
+        exports, read once per collection with the same timeouts.
+        """
+        with self._watching:
+            if id(broker) in self._brokers:
+                raise ValueError(f"{self!r} watches {broker!r} already")
+            self._brokers[id(broker)] = (_metrics.BrokerReader(broker, timeout=timeout), [])
+            if not self._gauges_made:
+                self._gauges_made = True
+                for name, description in (
+                    ("group.pending", "Entries read by a handler's group, not acknowledged."),
+                    ("group.lag", "Entries of the stream a handler's group has not read yet."),
+                    ("group.consumers", "Consumers Redis keeps for a handler's group."),
+                    ("dead_letter_store.letters", "Dead letters in the broker's store."),
+                    ("broker.up", "Whether Redis answered this collection."),
+                ):
+                    self.meter.create_observable_gauge(
+                        f"eventbus.{name}",
+                        callbacks=[functools.partial(self._gauge, name)],
+                        description=description,
+                    )
+
+    def watch_worker(self, worker: Worker) -> None:
+        """Report ``worker``'s counts (``eventbus.worker.entries``, ``.reclaimed_entries``)."""
+        with self._watching:
+            self._workers.append(worker)
+            if not self._worker_counters_made:
+                self._worker_counters_made = True
+                self.meter.create_observable_counter(
+                    "eventbus.worker.entries",
+                    callbacks=[self._worker_entries],
+                    unit="{entry}",
+                    description="Stream entries the worker acknowledged, per group.",
+                )
+                self.meter.create_observable_counter(
+                    "eventbus.reclaimed_entries",
+                    callbacks=[self._reclaimed],
+                    unit="{entry}",
+                    description="Entries the worker took over from workers that died.",
+                )
+
+    def close(self) -> None:
+        """Stop reporting the brokers' gauges and the workers' counts; close the clients."""
+        with self._watching:
+            brokers, self._brokers, self._workers = self._brokers, {}, []
+        for reader, _ in brokers.values():
+            reader.close()
+
+    def _gauge(
+        self, name: str, options: metrics.CallbackOptions
+    ) -> c.Iterable[metrics.Observation]:
+        with self._watching:
+            watched = list(self._brokers.values())
+        found = []
+        for reader, cached in watched:
+            now = time.monotonic()
+            if not cached or now - cached[0] > FRESH:  # once for the five gauges of a collection
+                cached[:] = [now, reader.read()]
+            reading = cached[1]
+            namespace = reader.broker.namespace
+            if name == "broker.up":
+                up = int(reading is not None)
+                found.append(metrics.Observation(up, {"namespace": namespace}))
+            elif reading is not None and name == "dead_letter_store.letters":
+                found.append(metrics.Observation(reading.letters, {"namespace": namespace}))
+            elif reading is not None:
+                field = name.removeprefix("group.")
+                found += [
+                    metrics.Observation(
+                        group[field], {"namespace": namespace, "handler": group["handler"]}
+                    )
+                    for group in reading.groups
+                    if group[field] is not None
+                ]
+        return found
+
+    def _worker_entries(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
+        return [metrics.Observation(sum(worker.handled for worker in self._workers))]
+
+    def _reclaimed(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
+        totals: collections.Counter[str] = collections.Counter()
+        for worker in self._workers:
+            for sub in worker.subscriptions:
+                totals[sub.name] += worker.reclaimed[sub.name]
+        return [metrics.Observation(n, {"handler": name}) for name, n in totals.items()]
+
+
+def _by_handler(counts: dict[tuple[str, str], int]) -> list[metrics.Observation]:
+    return [
+        metrics.Observation(count, {"event_type": event_type, "handler": handler})
+        for (event_type, handler), count in counts.items()
+    ]

@@ -24,32 +24,28 @@ Prometheus's conventions: ``eventbus_`` prefix, ``_total`` counters,
 from __future__ import annotations
 
 import collections.abc as c
-import functools
 import sys
-import time
 import typing as t
-import weakref
 
 try:
     import prometheus_client
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
     from prometheus_client.registry import Collector, CollectorRegistry
+    from prometheus_client.utils import floatToGoString
 except ImportError as missing:  # pragma: no cover - the dev environment has it
     raise ImportError(
         "eventbus.prometheus needs prometheus_client: pip install 'eventbus[prometheus]'"
     ) from missing
 
-from blinker import NamedSignal
-
-from . import signals
-from .inbox.protocol import AlreadyHandled
-from .middleware import AsyncCallNext, CallNext, HandlerCall, Middleware
+from . import _metrics
 
 if t.TYPE_CHECKING:
     from .bus import EventBus
-    from .dead_letters import DeadLetter
-    from .events import Event
-    from .handlers.subscription import Subscription
     from .redis import RedisBroker, Worker
 
 __all__ = [
@@ -60,176 +56,100 @@ __all__ = [
     "serve_metrics",
 ]
 
-_clock = time.perf_counter
-
 #: Handler attempts' durations: 0.5 ms to 30 s.
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BUCKETS = _metrics.BUCKETS
 
 
-def _label(event: Event) -> str:
-    """The ``event_type`` label: an unreadable entry's claimed type is data, so not that."""
-    from .dead_letters import UndefinedEvent
-
-    return event.event_type if not isinstance(event, UndefinedEvent) else UndefinedEvent.event_type
-
-
-class PrometheusMetrics(Middleware):
+class PrometheusMetrics(_metrics.Counts):
     """The counters and the histogram of the buses it is installed on, in ``registry``.
 
     ``registry`` is ``prometheus_client``'s default one unless given (a
     private ``CollectorRegistry()`` in tests). One object can be installed
-    on several buses: their series add up.
+    on several buses: their series add up. The counts are kept by the
+    object itself (plain numbers behind a lock, cheaper on the hot path
+    than ``prometheus_client``'s metric objects) and turned into series
+    when the registry is scraped.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__()
         self.registry = registry if registry is not None else prometheus_client.REGISTRY
-        labels = ("event_type", "handler")
-        self.published = prometheus_client.Counter(
-            "eventbus_published",
-            "Events published (a handler's: when its attempt succeeded, on a broker bus).",
-            ["event_type"],
-            registry=self.registry,
+        self.registry.register(_CountsCollector(self))
+
+
+class _CountsCollector(Collector):
+    """The series of a PrometheusMetrics' counts, made at each scrape."""
+
+    def __init__(self, counts: _metrics.Counts) -> None:
+        self._counts = counts
+
+    @staticmethod
+    def _families() -> tuple[
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        HistogramMetricFamily,
+    ]:
+        labels = ["event_type", "handler"]
+        return (
+            CounterMetricFamily(
+                "eventbus_published",
+                "Events published (a handler's: when its attempt succeeded, on a broker bus).",
+                labels=["event_type"],
+            ),
+            CounterMetricFamily(
+                "eventbus_handled",
+                "Handler runs ended: outcome success, or dead_letter once the last attempt failed.",
+                labels=[*labels, "outcome"],
+            ),
+            CounterMetricFamily(
+                "eventbus_failed_attempts",
+                "Handler attempts that raised (the retried ones and the last).",
+                labels=labels,
+            ),
+            CounterMetricFamily(
+                "eventbus_retries", "Failed attempts that another attempt follows.", labels=labels
+            ),
+            CounterMetricFamily(
+                "eventbus_dead_letters",
+                "Dead letters made (handler '(no handler)': an event nobody handles).",
+                labels=labels,
+            ),
+            HistogramMetricFamily(
+                "eventbus_handler_duration_seconds",
+                "How long each handler attempt took, by outcome (success or failure).",
+                labels=[*labels, "outcome"],
+            ),
         )
-        self.handled = prometheus_client.Counter(
-            "eventbus_handled",
-            "Handler runs ended: outcome success, or dead_letter once the last attempt failed.",
-            [*labels, "outcome"],
-            registry=self.registry,
-        )
-        self.failed_attempts = prometheus_client.Counter(
-            "eventbus_failed_attempts",
-            "Handler attempts that raised (the retried ones and the last).",
-            labels,
-            registry=self.registry,
-        )
-        self.retries = prometheus_client.Counter(
-            "eventbus_retries",
-            "Failed attempts that another attempt follows.",
-            labels,
-            registry=self.registry,
-        )
-        self.dead_letters = prometheus_client.Counter(
-            "eventbus_dead_letters",
-            "Dead letters made (handler '(no handler)': an event nobody handles).",
-            labels,
-            registry=self.registry,
-        )
-        self.duration = prometheus_client.Histogram(
-            "eventbus_handler_duration_seconds",
-            "How long each handler attempt took, by outcome (success or failure).",
-            [*labels, "outcome"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self._buses: weakref.WeakKeyDictionary[
-            EventBus, list[tuple[NamedSignal, c.Callable[..., None]]]
-        ] = weakref.WeakKeyDictionary()
-        #: Label children, looked up once: (event type, handler) -> durations (ok, failed).
-        self._durations: dict[tuple[str, str], tuple[t.Any, t.Any]] = {}
-        self._succeeded: dict[tuple[str, str], t.Any] = {}
-        self._published: dict[str, t.Any] = {}
 
-    # -- installing ----------------------------------------------------------------------
-
-    def install(self, bus: EventBus) -> None:
-        """Count what ``bus`` does from now on, and time its handlers' attempts."""
-        if bus in self._buses:
-            raise ValueError(f"{self!r} is installed on {bus!r} already")
-        # Receivers of this bus's own (blinker's disconnect(receiver, sender=bus) would leave
-        # a receiver in the signal: each bus gets its own, disconnected whole).
-        receivers: list[tuple[NamedSignal, c.Callable[..., None]]] = [
-            (signal, functools.partial(method)) for signal, method in self._signals()
-        ]
-        for signal, receiver in receivers:
-            signal.connect(receiver, sender=bus, weak=False)
-        self._buses[bus] = receivers
-        bus.add_middleware(self)
-
-    def uninstall(self, bus: EventBus) -> None:
-        """Stop counting what ``bus`` does (the series counted so far stay)."""
-        receivers = self._buses.pop(bus, None)
-        if receivers is None:
-            raise ValueError(f"{self!r} is not installed on {bus!r}")
-        for signal, receiver in receivers:
-            signal.disconnect(receiver)  # this bus's own: the other buses' go on
-        bus.remove_middleware(self)
-
-    def _signals(self) -> list[tuple[NamedSignal, c.Callable[..., None]]]:
-        return [
-            (signals.event_published, self._on_published),
-            (signals.handler_succeeded, self._on_succeeded),
-            (signals.handler_failed, self._on_failed),
-            (signals.handler_retrying, self._on_retrying),
-            (signals.event_dead_lettered, self._on_dead_lettered),
-        ]
-
-    # -- the middleware: each attempt's duration -------------------------------------------
-    #
-    # The hot path: label children looked up once per (event type, handler). The runs and
-    # their outcomes are counted from the signals, which the bus sends outside every
-    # middleware (and a worker once the entry is acknowledged).
-
-    def applies_to(self, subscription: Subscription, /) -> bool:
-        return True
-
-    def handle(self, call_next: CallNext, event: Event, call: HandlerCall, /) -> None:
-        started = _clock()
-        try:
-            call_next(event, call)
-        except Exception as error:
-            if not isinstance(error, AlreadyHandled):  # a duplicate skipped: not timed
-                self._timed(event, call, 1, _clock() - started)
-            raise
-        self._timed(event, call, 0, _clock() - started)
-
-    async def handle_async(
-        self, call_next: AsyncCallNext, event: Event, call: HandlerCall, /
-    ) -> None:
-        started = _clock()
-        try:
-            await call_next(event, call)
-        except Exception as error:
-            if not isinstance(error, AlreadyHandled):
-                self._timed(event, call, 1, _clock() - started)
-            raise
-        self._timed(event, call, 0, _clock() - started)
-
-    def _timed(self, event: Event, call: HandlerCall, failed: int, seconds: float) -> None:
-        key = (event.event_type, call.subscription.name)
-        series = self._durations.get(key)
-        if series is None:
-            series = self._durations[key] = (
-                self.duration.labels(*key, "success"),
-                self.duration.labels(*key, "failure"),
+    def collect(self) -> c.Iterator[Metric]:
+        published, handled, failed, retries, letters, durations = self._families()
+        counts = self._counts.snapshot()
+        for event_type, count in counts.published.items():
+            published.add_metric([event_type], count)
+        family: CounterMetricFamily
+        for family, found in (
+            (handled, counts.handled),
+            (failed, counts.failed_attempts),
+            (retries, counts.retries),
+            (letters, counts.dead_letters),
+        ):
+            for key, count in found.items():
+                family.add_metric(list(key), count)
+        bounds = [*(str(floatToGoString(bound)) for bound in BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+        for key, histogram in counts.durations.items():
+            durations.add_metric(
+                list(key),
+                buckets=list(zip(bounds, histogram.cumulative(), strict=True)),
+                sum_value=histogram.sum,
             )
-        series[failed].observe(seconds)
+        yield from (published, handled, failed, retries, letters, durations)
 
-    # -- the signals: counts ---------------------------------------------------------------
-
-    def _on_published(self, sender: object, /, *, event: Event, **_: object) -> None:
-        counter = self._published.get(event.event_type)
-        if counter is None:
-            counter = self._published[event.event_type] = self.published.labels(event.event_type)
-        counter.inc()
-
-    def _on_succeeded(self, sender: object, /, *, event: Event, handler: str, **_: object) -> None:
-        key = (event.event_type, handler)
-        counter = self._succeeded.get(key)
-        if counter is None:
-            counter = self._succeeded[key] = self.handled.labels(*key, "success")
-        counter.inc()
-
-    def _on_failed(self, sender: object, /, *, event: Event, handler: str, **_: object) -> None:
-        self.failed_attempts.labels(_label(event), handler).inc()
-
-    def _on_retrying(self, sender: object, /, *, event: Event, handler: str, **_: object) -> None:
-        self.retries.labels(_label(event), handler).inc()
-
-    def _on_dead_lettered(self, sender: object, /, *, dead_letter: DeadLetter, **_: object) -> None:
-        event_type = _label(dead_letter.event)
-        self.dead_letters.labels(event_type, dead_letter.handler).inc()
-        if not dead_letter.unhandled:
-            self.handled.labels(event_type, dead_letter.handler, "dead_letter").inc()
+    def describe(self) -> c.Iterable[Metric]:
+        """The families it exports (empty): what a registry checks names against."""
+        return self._families()
 
 
 class BrokerCollector(Collector):
@@ -249,14 +169,8 @@ class BrokerCollector(Collector):
     """
 
     def __init__(self, broker: RedisBroker, *, timeout: float = 1.0) -> None:
-        from .redis import RedisDeadLetterStore
-        from .redis._client import connect
-
         self.broker = broker
-        self._client = connect(broker.url, timeout)
-        self._letters = RedisDeadLetterStore(
-            broker.url, namespace=broker.namespace, timeout=timeout
-        )
+        self._reader = _metrics.BrokerReader(broker, timeout=timeout)
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, ...]:
@@ -288,24 +202,20 @@ class BrokerCollector(Collector):
         )
 
     def collect(self) -> c.Iterator[Metric]:
-        from .redis._worker import groups
-
         pending, lag, consumers, letters, up = self._families()
         namespace = self.broker.namespace
-        try:
-            found = groups(self.broker, self._client)
-            stored = len(self._letters)
-        except Exception:  # BrokerError, RedisDeadLetterStoreError: the scrape goes on
+        reading = self._reader.read()
+        if reading is None:  # Redis did not answer: the scrape goes on
             up.add_metric([namespace], 0)
             yield up
             return
-        for group in found:
+        for group in reading.groups:
             where = [namespace, group["handler"]]
             pending.add_metric(where, group["pending"])
             consumers.add_metric(where, group["consumers"])
             if group["lag"] is not None:
                 lag.add_metric(where, group["lag"])
-        letters.add_metric([namespace], stored)
+        letters.add_metric([namespace], reading.letters)
         up.add_metric([namespace], 1)
         yield from (pending, lag, consumers, letters, up)
 
@@ -315,8 +225,7 @@ class BrokerCollector(Collector):
 
     def close(self) -> None:
         """Close its clients."""
-        self._client.close()
-        self._letters.close()
+        self._reader.close()
 
 
 class WorkerCollector(Collector):

@@ -1,0 +1,273 @@
+"""eventbus.otel.Metrics: the bus's counts through OpenTelemetry, with the SDK's in-memory reader.
+
+The same numbers as eventbus.prometheus (both installed on one bus must
+agree), under names OpenTelemetry's Prometheus exporter makes the same
+series of; a broker's gauges and a worker's counts against the real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc as c
+import re
+import typing as t
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
+from prometheus_client import CollectorRegistry
+
+from eventbus import EventBus, RetryPolicy
+from eventbus.otel import Metrics
+from eventbus.prometheus import PrometheusMetrics
+from eventbus.redis import RedisBroker, Worker
+from eventbus.testing import FakeClock
+
+from .test_prometheus import OrderPlaced, OrderShipped, shop
+
+
+@pytest.fixture
+def reader() -> c.Iterator[InMemoryMetricReader]:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])  # a private one: the global is left alone
+    reader.provider = provider  # type: ignore[attr-defined]
+    yield reader
+    provider.shutdown()
+
+
+@pytest.fixture
+def metrics(reader: InMemoryMetricReader) -> c.Iterator[Metrics]:
+    metrics = Metrics(reader.provider)  # type: ignore[attr-defined]
+    yield metrics
+    metrics.close()
+
+
+Points: t.TypeAlias = dict[tuple[str, frozenset[tuple[str, t.Any]]], t.Any]
+
+
+def points(reader: InMemoryMetricReader) -> Points:
+    """Every data point collected now: (name, attributes) -> value (a histogram: its point)."""
+    found: Points = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data is not None else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    key = (metric.name, frozenset(dict(point.attributes or {}).items()))
+                    assert isinstance(point, HistogramDataPoint | NumberDataPoint)
+                    found[key] = point if isinstance(point, HistogramDataPoint) else point.value
+    return found
+
+
+def count(found: Points, name: str, **attributes: str) -> t.Any:
+    return found.get((name, frozenset(attributes.items())), 0)
+
+
+def prometheus_name(name: str, kind: str) -> str:
+    """What OpenTelemetry's Prometheus exporter names an instrument (its documented rules)."""
+    base = re.sub(r"[^a-zA-Z0-9_]", "_", name)
+    return {"counter": f"{base}_total", "histogram": f"{base}_seconds", "gauge": base}[kind]
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+def test_it_reports_what_prometheus_metrics_count_on_the_same_bus(
+    reader: InMemoryMetricReader, metrics: Metrics, use_async: bool
+) -> None:
+    bus = EventBus(retry=RetryPolicy(max_attempts=3), clock=FakeClock())
+    shop(bus)
+    registry = CollectorRegistry()
+    prometheus = PrometheusMetrics(registry)
+    for installed in (metrics, prometheus):
+        installed.install(bus)
+    for order_id in ("o1", "o2"):
+        placed = OrderPlaced(order_id=order_id)
+        if use_async:
+            asyncio.run(bus.publish_async(placed))
+        else:
+            bus.publish(placed)
+    for installed in (metrics, prometheus):
+        installed.uninstall(bus)
+    found = points(reader)
+    compared = 0
+    for (name, attributes), value in found.items():
+        labels = dict(attributes)
+        if name == "eventbus.handler.duration":
+            series = prometheus_name(name, "histogram")
+            assert value.count == registry.get_sample_value(f"{series}_count", labels)
+            assert value.sum > 0  # (not equal: one middleware times the other too)
+            assert list(value.explicit_bounds) == [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]  # fmt: skip
+        else:
+            assert value == registry.get_sample_value(prometheus_name(name, "counter"), labels)
+        compared += 1
+    assert compared == len(found) >= 12
+    ship = {"event_type": OrderShipped.event_type, "handler": "shop.notify"}
+    assert count(found, "eventbus.published", event_type=OrderPlaced.event_type) == 2
+    assert count(found, "eventbus.published", event_type=OrderShipped.event_type) == 2
+    assert count(found, "eventbus.handled", **ship, outcome="dead_letter") == 2
+    assert count(found, "eventbus.failed_attempts", **ship) == 4
+    assert count(found, "eventbus.retries", **ship) == 2
+    assert count(found, "eventbus.dead_letters", **ship) == 2
+    assert count(found, "eventbus.handler.duration", **ship, outcome="failure").count == 4
+
+
+@settings(max_examples=30, deadline=None)
+@given(failures=st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=8))
+def test_every_attempt_is_counted_once_whatever_the_failures(failures: list[int]) -> None:
+    """Runs, failed attempts, retries and letters add up to what the policy allows."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics = Metrics(provider)
+    bus = EventBus(retry=RetryPolicy(max_attempts=3), clock=FakeClock())
+    left = {"n": 0}
+
+    @bus.subscribe(name="shop.ship")
+    def ship(event: OrderPlaced) -> None:
+        if left["n"]:
+            left["n"] -= 1
+            raise ConnectionError("down")
+
+    metrics.install(bus)
+    for number, fails in enumerate(failures):
+        left["n"] = fails
+        bus.publish(OrderPlaced(order_id=str(number)))
+    metrics.uninstall(bus)
+    found = points(reader)
+    provider.shutdown()
+    where = {"event_type": OrderPlaced.event_type, "handler": "shop.ship"}
+    assert count(found, "eventbus.handled", **where, outcome="success") == sum(
+        f < 3 for f in failures
+    )
+    assert count(found, "eventbus.handled", **where, outcome="dead_letter") == sum(
+        f >= 3 for f in failures
+    )
+    assert count(found, "eventbus.failed_attempts", **where) == sum(min(f, 3) for f in failures)
+    assert count(found, "eventbus.retries", **where) == sum(min(f, 2) for f in failures)
+    attempts = sum(min(f + 1, 3) for f in failures)
+    durations = [count(found, "eventbus.handler.duration", **where, outcome=o) for o in
+                 ("success", "failure")]  # fmt: skip
+    assert sum(point.count if point else 0 for point in durations) == attempts
+
+
+def test_uninstalled_it_counts_nothing_more(reader: InMemoryMetricReader, metrics: Metrics) -> None:
+    bus = EventBus()
+    bus.subscribe(OrderPlaced, name="shop.ship")(lambda event: None)
+    metrics.install(bus)
+    bus.publish(OrderPlaced(order_id="o1"))
+    metrics.uninstall(bus)
+    bus.publish(OrderPlaced(order_id="o2"))
+    assert count(points(reader), "eventbus.published", event_type=OrderPlaced.event_type) == 1
+    assert bus.middleware == ()
+    with pytest.raises(ValueError, match="is not installed"):
+        metrics.uninstall(bus)
+
+
+def test_a_broker_s_gauges_and_a_worker_s_counts(
+    redis_url: str, reader: InMemoryMetricReader, metrics: Metrics
+) -> None:
+    bus = EventBus(broker=RedisBroker(redis_url, namespace="otel-metrics"), clock=FakeClock())
+    broker = bus.broker
+    assert isinstance(broker, RedisBroker)
+
+    @bus.subscribe(name="shop.ship", retry=RetryPolicy(max_attempts=1))
+    def ship(event: OrderPlaced) -> None:
+        if event.order_id == "bad":
+            raise ValueError("no such address")
+
+    bus.subscribe(OrderPlaced, name="shop.audit")(lambda event: None)
+    worker = Worker(bus, handlers=["shop.ship"], block=0.05)
+    metrics.install(bus)
+    metrics.watch_broker(broker)
+    metrics.watch_worker(worker)
+    with pytest.raises(ValueError, match="watches"):
+        metrics.watch_broker(broker)
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        for order_id in ("o1", "bad", "o2"):
+            bus.publish(OrderPlaced(order_id=order_id))
+        for _ in range(3000):
+            if worker.handled == 3:
+                break
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+    try:
+        asyncio.run(main())
+    finally:
+        metrics.uninstall(bus)
+    found = points(reader)
+    here = {"namespace": "otel-metrics"}
+    assert count(found, "eventbus.broker.up", **here) == 1
+    assert count(found, "eventbus.group.pending", handler="shop.ship", **here) == 0
+    assert count(found, "eventbus.group.lag", handler="shop.audit", **here) == 3
+    assert count(found, "eventbus.group.consumers", handler="shop.ship", **here) == 1
+    assert count(found, "eventbus.dead_letter_store.letters", **here) == 1
+    assert count(found, "eventbus.worker.entries") == 3
+    assert count(found, "eventbus.reclaimed_entries", handler="shop.ship") == 0
+    ship_run = {"event_type": OrderPlaced.event_type, "handler": "shop.ship"}
+    assert count(found, "eventbus.handled", **ship_run, outcome="success") == 2
+    assert count(found, "eventbus.dead_letters", **ship_run) == 1
+    metrics.close()  # the gauges stop: no broker watched, no client left
+    after = points(reader)
+    assert not [key for key in after if key[0].startswith(("eventbus.group", "eventbus.broker"))]
+    broker.close()
+
+
+def test_a_broker_that_does_not_answer_reads_as_down(
+    reader: InMemoryMetricReader, metrics: Metrics
+) -> None:
+    broker = RedisBroker("redis://127.0.0.1:1/0", namespace="down", timeout=0.2)
+    metrics.watch_broker(broker, timeout=0.2)
+    found = points(reader)
+    assert count(found, "eventbus.broker.up", namespace="down") == 0
+    assert not [key for key in found if key[0] == "eventbus.group.pending"]
+    metrics.close()
+    broker.close()
+
+
+def test_the_instruments_names_become_the_prometheus_series_names() -> None:
+    """With OpenTelemetry's Prometheus exporter, the Grafana dashboard reads them unchanged."""
+    import json
+    import pathlib
+
+    dashboard = pathlib.Path(__file__).parent.parent / "docs" / "grafana" / "eventbus.json"
+    queried = set(re.findall(r"eventbus_[a-z_]+", json.dumps(json.loads(dashboard.read_text()))))
+    made = {
+        prometheus_name(name, kind)
+        for name, kind in [
+            *(
+                (f"eventbus.{n}", "counter")
+                for n in (
+                    "published",
+                    "handled",
+                    "failed_attempts",
+                    "retries",
+                    "dead_letters",
+                    "worker.entries",
+                    "reclaimed_entries",
+                )
+            ),
+            ("eventbus.handler.duration", "histogram"),
+            *(
+                (f"eventbus.{n}", "gauge")
+                for n in (
+                    "group.pending",
+                    "group.lag",
+                    "group.consumers",
+                    "dead_letter_store.letters",
+                    "broker.up",
+                )
+            ),
+        ]
+    }
+    histogram = "eventbus_handler_duration_seconds"
+    series = {re.sub(f"^{histogram}_(bucket|sum|count)$", histogram, q) for q in queried}
+    assert series == made
