@@ -376,6 +376,59 @@ def prometheus_metrics(*, on_this_bus: bool) -> Case:
     )
 
 
+def opentelemetry(*, on_this_bus: bool, metrics: bool) -> Case:
+    """Tracing (and Metrics) with the OpenTelemetry SDK and a no-op exporter."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from eventbus.otel import Metrics, Tracing
+
+    exported = Tally()
+
+    class NoOp(SpanExporter):
+        """Exports nothing; counts the spans, to prove they were made."""
+
+        def export(self, spans: c.Sequence[ReadableSpan]) -> SpanExportResult:
+            exported.value += len(spans)
+            return SpanExportResult.SUCCESS
+
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(NoOp()))
+    tracing = Tracing(tracers)
+    meter = Metrics(MeterProvider(metric_readers=[InMemoryMetricReader()])) if metrics else None
+    bus, tally = _one_handler_bus()
+    target = bus if on_this_bus else EventBus()
+
+    def counted() -> int:
+        assert meter is not None
+        return sum(meter.snapshot().handled.values())
+
+    @contextlib.contextmanager
+    def installed() -> c.Iterator[None]:
+        tracing.install(target)
+        if meter is not None:
+            meter.install(target)
+        try:
+            yield
+        finally:
+            tracing.uninstall(target)
+            if meter is not None:
+                meter.uninstall(target)
+
+    checks = [counts("handler runs", tally), counts("spans exported", exported, 2 * on_this_bus)]
+    if meter is not None:
+        checks.append(Check("runs counted", counted, int(on_this_bus)))
+    ours = Contender(_publisher(bus, Ping()), checks, around=installed)
+    where = "this bus" if on_this_bus else "another bus"
+    what = "Tracing and Metrics" if metrics else "Tracing"
+    return Case(
+        f"sync publish, 1 handler, OpenTelemetry {what} (SDK, no-op exporter) on {where}",
+        {"eventbus": ours, "eventbus, no instrumentation": _no_receiver()},
+    )
+
+
 def _in_loop(body: c.Callable[[int], c.Awaitable[None]]) -> Runner:
     """Runs ``body(n)`` in a fresh event loop, timing the body only."""
 
@@ -859,6 +912,9 @@ SYNC_10 = "sync publish, 10 handlers"
 ASYNC_1 = "async publish awaited, 1 handler, sequential"
 NO_RECEIVER = "eventbus, no receiver"
 
+OTEL = "sync publish, 1 handler, OpenTelemetry Tracing and Metrics (SDK, no-op exporter) on "
+OTEL_THIS_BUS, OTEL_OTHER_BUS = OTEL + "this bus", OTEL + "another bus"
+
 TARGETS = [
     # (case, contender, at most this ratio of eventbus to it)
     (SYNC_1, "pyee", 0.65),
@@ -866,6 +922,8 @@ TARGETS = [
     ("sync publish, 1 handler, a handler_succeeded receiver for another bus", NO_RECEIVER, 1.1),
     ("sync publish, 1 handler, after a Trace was opened and closed", NO_RECEIVER, 1.1),
     ("sync publish, 1 handler, a handler_succeeded receiver for this bus", NO_RECEIVER, 2.0),
+    (OTEL_THIS_BUS, "eventbus, no instrumentation", 5.0),
+    (OTEL_OTHER_BUS, "eventbus, no instrumentation", 1.1),
     ("cascade: a handler publishes a prebuilt child", "pyee", 1.5),
     ("cascade: a handler builds the child it publishes", "pyee", 1.2),
     (
@@ -990,6 +1048,9 @@ def main(argv: c.Sequence[str] | None = None) -> int:
         hook_for_this_bus(),
         prometheus_metrics(on_this_bus=True),
         prometheus_metrics(on_this_bus=False),
+        opentelemetry(on_this_bus=True, metrics=False),
+        opentelemetry(on_this_bus=True, metrics=True),
+        opentelemetry(on_this_bus=False, metrics=True),
         async_publish(1, concurrent=False),
         async_publish(10, concurrent=False),
         async_publish(10, concurrent=True),

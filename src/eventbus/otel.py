@@ -34,7 +34,7 @@ import uuid
 import weakref
 
 try:
-    from opentelemetry import metrics, propagate, trace
+    from opentelemetry import context, metrics, propagate, trace
 except ImportError as missing:  # pragma: no cover - the dev environment has it
     raise ImportError(
         "eventbus.otel needs the OpenTelemetry API: pip install 'eventbus[otel]'"
@@ -78,11 +78,13 @@ class Tracing(Middleware):
             "eventbus", __version__, tracer_provider=tracer_provider, schema_url=None
         )
         self._buses: weakref.WeakKeyDictionary[EventBus, t.Any] = weakref.WeakKeyDictionary()
-        # event id -> the context of its send span, for its handlers' process spans.
-        self._sent: collections.OrderedDict[uuid.UUID, trace.SpanContext] = (
-            collections.OrderedDict()
-        )
+        # event id -> the context of its send span and its ids' attributes, for its handlers'
+        # process spans.
+        self._sent: collections.OrderedDict[uuid.UUID, _Sent] = collections.OrderedDict()
         self._lock = threading.Lock()
+        # subscription -> its system, its span names' prefix, its static attributes (a
+        # Subscription cannot be weakly referenced: emptied past REMEMBERED, and at uninstall).
+        self._static: dict[Subscription, tuple[str, str, dict[str, t.Any]]] = {}
 
     # -- installing ----------------------------------------------------------------------
 
@@ -113,6 +115,7 @@ class Tracing(Middleware):
         else:
             signals.event_published.disconnect(hook)
         bus.remove_middleware(self)
+        self._static.clear()
 
     # -- send spans ----------------------------------------------------------------------
 
@@ -127,22 +130,28 @@ class Tracing(Middleware):
         return carrier
 
     def _send(self, event: Event, system: str, destination: str) -> trace.Span:
-        attributes = _attributes(event, system, "send")
-        attributes["messaging.destination.name"] = destination
+        ids = _ids(event)
+        attributes = {
+            **_SEND[system],
+            "messaging.destination.name": destination,
+            **ids,
+        }
+        if system != "eventbus":  # on a broker the destination is the stream: say the type
+            attributes["eventbus.event_type"] = event.event_type
         span = self.tracer.start_span(
             f"send {destination}", kind=trace.SpanKind.PRODUCER, attributes=attributes
         )
         span.end()  # the publish itself: the bus took the event
-        self._remember(event.event_id, span.get_span_context())
+        self._remember(event.event_id, (span.get_span_context(), ids))
         return span
 
-    def _remember(self, event_id: uuid.UUID, context: trace.SpanContext) -> None:
+    def _remember(self, event_id: uuid.UUID, sent: _Sent) -> None:
         with self._lock:
-            sent = self._sent
-            sent[event_id] = context
-            sent.move_to_end(event_id)
-            if len(sent) > REMEMBERED:
-                sent.popitem(last=False)
+            remembered = self._sent
+            remembered[event_id] = sent
+            remembered.move_to_end(event_id)
+            if len(remembered) > REMEMBERED:
+                remembered.popitem(last=False)
 
     # -- process spans: the middleware ----------------------------------------------------
 
@@ -151,55 +160,81 @@ class Tracing(Middleware):
 
     def handle(self, call_next: CallNext, event: Event, call: HandlerCall, /) -> None:
         span = self._process_span(event, call)
-        with trace.use_span(
-            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-        ):
-            try:
-                call_next(event, call)
-            except Exception as error:
-                _failed(span, error)
-                raise
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            call_next(event, call)
+        except Exception as error:
+            _failed(span, error)
+            raise
+        finally:
+            context.detach(token)
+            span.end()
 
     async def handle_async(
         self, call_next: AsyncCallNext, event: Event, call: HandlerCall, /
     ) -> None:
         span = self._process_span(event, call)
-        with trace.use_span(
-            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-        ):
-            try:
-                await call_next(event, call)
-            except Exception as error:
-                _failed(span, error)
-                raise
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            await call_next(event, call)
+        except Exception as error:
+            _failed(span, error)
+            raise
+        finally:
+            context.detach(token)
+            span.end()
 
     def _process_span(self, event: Event, call: HandlerCall) -> trace.Span:
-        attributes = _attributes(event, _system(call.bus), "process")
-        attributes["messaging.consumer.group.name"] = call.subscription.name
-        attributes["eventbus.attempt"] = call.attempt
-        name = f"process {event.event_type}"
+        static = self._static.get(call.subscription)
+        if static is None:
+            static = self._static_attributes(call)
+        system, name_prefix, base = static
+        name = name_prefix + event.event_type
         sent = self._sent.get(event.event_id)
         if sent is not None:  # sent in this process: the cascade goes on in one trace
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(sent))
+            context_sent, ids = sent
+            attributes = {**base, **ids, "eventbus.attempt": call.attempt}
+            if system != "eventbus":
+                attributes["eventbus.event_type"] = event.event_type
+            else:
+                attributes["messaging.destination.name"] = event.event_type
+            return self.tracer.start_span(
+                name,
+                context=trace.set_span_in_context(trace.NonRecordingSpan(context_sent)),
+                kind=trace.SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+        attributes = {**base, **_ids(event), "eventbus.attempt": call.attempt}
+        attributes["messaging.destination.name"] = event.event_type
+        if system == "eventbus":
+            return self.tracer.start_span(name, kind=trace.SpanKind.CONSUMER, attributes=attributes)
+        attributes["eventbus.event_type"] = event.event_type
+        fields = _entry_fields(call.bus)  # on a worker: the producer's context, in the entry
+        remote = trace.get_current_span(propagate.extract(fields)).get_span_context()
+        if not (fields and remote.is_valid):
+            return self.tracer.start_span(name, kind=trace.SpanKind.CONSUMER, attributes=attributes)
+        attributes["messaging.destination.name"] = _stream(call.bus)
+        if self.parent:
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
             return self.tracer.start_span(
                 name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
             )
-        fields = _entry_fields(call.bus)  # on a worker: the producer's context, in the entry
-        remote = trace.get_current_span(propagate.extract(fields)).get_span_context()
-        if fields and remote.is_valid:
-            attributes["messaging.destination.name"] = _stream(call.bus)
-            if self.parent:
-                parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
-                return self.tracer.start_span(
-                    name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
-                )
-            return self.tracer.start_span(
-                name,
-                kind=trace.SpanKind.CONSUMER,
-                attributes=attributes,
-                links=[trace.Link(remote)],
-            )
-        return self.tracer.start_span(name, kind=trace.SpanKind.CONSUMER, attributes=attributes)
+        return self.tracer.start_span(
+            name, kind=trace.SpanKind.CONSUMER, attributes=attributes, links=[trace.Link(remote)]
+        )
+
+    def _static_attributes(self, call: HandlerCall) -> tuple[str, str, dict[str, t.Any]]:
+        """What a subscription's process spans share, worked out on its first attempt."""
+        system = _system(call.bus)
+        static = (
+            system,
+            "process ",
+            {**_PROCESS[system], "messaging.consumer.group.name": call.subscription.name},
+        )
+        if len(self._static) >= REMEMBERED:
+            self._static.clear()
+        self._static[call.subscription] = static
+        return static
 
     def __repr__(self) -> str:
         return f"<Tracing on {len(self._buses)} bus(es)>"
@@ -228,15 +263,35 @@ def _stream(bus: EventBus) -> str:
     return str(keys.stream) if keys is not None else ""
 
 
-def _attributes(event: Event, system: str, operation: str) -> dict[str, t.Any]:
-    return {
+#: The attributes every send span of a system has, and every process span.
+_SEND = {
+    system: {
         "messaging.system": system,
-        "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
-        "messaging.destination.name": event.event_type,
-        "eventbus.event_type": event.event_type,
-        "messaging.message.id": str(event.event_id),
-        "messaging.message.conversation_id": str(event.correlation_id or event.event_id),
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+    }
+    for system in ("eventbus", "redis")
+}
+_PROCESS = {
+    system: {
+        "messaging.system": system,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+    }
+    for system in ("eventbus", "redis")
+}
+
+#: A sent event's send span context and its ids' attributes.
+_Sent: t.TypeAlias = "tuple[trace.SpanContext, dict[str, str]]"
+
+
+def _ids(event: Event) -> dict[str, str]:
+    """The event's ids as attributes (worked out once per event published here)."""
+    event_id = str(event.event_id)
+    correlation = event.correlation_id
+    return {
+        "messaging.message.id": event_id,
+        "messaging.message.conversation_id": str(correlation) if correlation else event_id,
     }
 
 
