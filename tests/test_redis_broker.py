@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import collections.abc as c
 import json
+import logging
+import typing as t
 
 import pytest
 import redis
@@ -95,6 +97,40 @@ def test_entry_hooks_add_their_fields_to_each_entry_but_never_the_brokers_own(
         broker.remove_entry_fields(trace_context)
     with pytest.raises(TypeError, match="takes a function"):
         broker.add_entry_fields("traceparent")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
+@pytest.mark.parametrize("fault", ["raises", "not-text"])
+def test_an_entry_hook_that_fails_is_logged_and_the_event_written_all_the_same(
+    broker: RedisBroker, use_async: bool, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Instrumentation never loses an event: the failing hook's fields are left out."""
+    bus = EventBus(broker=broker)
+
+    def broken(event: Event) -> dict[str, t.Any]:
+        if fault == "raises":
+            raise RuntimeError("the tracer is broken")
+        return {"traceparent": 7}
+
+    def good(event: Event) -> dict[str, str]:
+        return {"tenant": "acme"}
+
+    broker.add_entry_fields(broken)
+    broker.add_entry_fields(good)
+    placed = OrderPlaced(order_id="o1")
+    with caplog.at_level(logging.ERROR, logger="eventbus.redis"):
+        result = publish(bus, placed, use_async)
+    broker.remove_entry_fields(broken)
+    broker.remove_entry_fields(good)
+    assert result.ok
+    [fields] = entries(broker)
+    assert Event.from_json(placed.event_type, fields[b"payload"]) == placed
+    assert b"traceparent" not in fields
+    assert fields[b"tenant"] == b"acme"  # the other hooks' fields stay
+    [record] = [r for r in caplog.records if "entry hook" in r.getMessage()]
+    assert "without its fields" in record.getMessage()
+    assert record.event_id == placed.event_id  # type: ignore[attr-defined]
+    assert record.exc_info is not None
 
 
 def test_events_keep_their_publish_order(broker: RedisBroker) -> None:

@@ -6,11 +6,13 @@ import asyncio
 import collections.abc as c
 import contextvars
 import dataclasses
+import logging
 import typing as t
 import weakref
 
 import redis
 
+from .._logs import event_fields
 from ..cascade import _stamped
 from ..errors import BrokerError
 from ..events import Event
@@ -28,6 +30,8 @@ if t.TYPE_CHECKING:
     from ..transport import Publish, PublishAsync
 
 __all__ = ["Attempt", "RedisBroker", "entry", "running"]
+
+logger = logging.getLogger("eventbus.redis")
 
 
 @dataclasses.dataclass(slots=True)
@@ -177,7 +181,10 @@ class RedisBroker:
         It runs where the event is published (in a worker: in the handler's
         context), once per event. Readers ignore fields they do not know;
         ``event_type`` and ``payload`` are the broker's. What the handler of
-        the entry sees of them: :func:`eventbus.redis.entry_fields`.
+        the entry sees of them: :func:`eventbus.redis.entry_fields`. A hook
+        is instrumentation: one that raises, or returns anything but text
+        names and values, is logged and its fields left out, and the event
+        is written all the same.
         """
         if not callable(hook):
             raise TypeError(f"add_entry_fields() takes a function, got {hook!r}")
@@ -193,7 +200,22 @@ class RedisBroker:
         """The fields of ``event``'s stream entry, the hooks' included."""
         fields = entry(event)
         for hook in self._entry_hooks:
-            for name, value in hook(event).items():
+            try:
+                added = dict(hook(event))
+                if not all(isinstance(n, str) and isinstance(v, str) for n, v in added.items()):
+                    raise TypeError(f"it returned {added!r}, not a mapping of str to str")
+            except Exception:
+                logger.exception(
+                    "entry hook %r of %r failed on %s (event_id=%s); the entry is written "
+                    "without its fields",
+                    hook,
+                    self,
+                    event.event_type,
+                    event.event_id,
+                    extra=event_fields(event),
+                )
+                continue
+            for name, value in added.items():
                 if name not in ("event_type", "payload"):
                     fields[name] = value
         return fields
