@@ -130,6 +130,33 @@ def test_each_handler_has_its_group_and_receives_what_it_matches(bus: EventBus) 
     assert all(pending(bus, group) == 0 for group in seen)
 
 
+def test_sync_handlers_run_as_many_at_once_as_the_worker_has_slots(bus: EventBus) -> None:
+    """More than asyncio's default executor has threads (at most 32): none waits for one."""
+    import threading
+
+    slots = 40
+    together = threading.Barrier(slots, timeout=PATIENCE)  # passes only with all 40 running
+    names: set[str] = set()
+
+    @bus.subscribe(name="shop.call_carrier")
+    def call_carrier(event: Ordered) -> None:  # a blocking call: an HTTP request, say
+        names.add(threading.current_thread().name)
+        together.wait()
+
+    for n in range(slots):
+        bus.publish(Ordered(order_id=str(n)))
+
+    async def main() -> None:
+        async with working(bus, concurrency=slots) as worker:
+            await until(lambda: worker.handled == slots)
+
+    asyncio.run(main())
+    assert not together.broken
+    assert len(names) == slots
+    assert all(name.startswith("eventbus-worker-") for name in names)
+    assert pending(bus, "shop.call_carrier") == 0
+
+
 def test_a_failed_attempt_publishes_nothing_and_the_retry_is_a_new_delivery(
     bus: EventBus,
 ) -> None:

@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import collections.abc as c
+import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -233,6 +235,12 @@ class Worker:
             socket_connect_timeout=timeout,
         )
         self._client = aredis.Redis.from_pool(pool)  # owns it: aclose() closes its connections
+        # Sync handlers run in threads of the worker's own, one per slot: asyncio's default
+        # executor has min(32, cores + 4), so --concurrency 64 would run six at a time, and
+        # an attempt's time (its span, its duration) would include the wait for a thread.
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix=f"eventbus-worker-{self.name}"
+        )
         self._store_script = self._client.register_script(_ADD)
         self._trim_script = self._client.register_script(_TRIM)
         self._stream = keys.stream
@@ -261,6 +269,7 @@ class Worker:
             if self._in_flight:
                 await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
         finally:
+            self._threads.shutdown(wait=False)  # the entries in flight were awaited above
             await self._client.aclose()
 
     # -- reading ------------------------------------------------------------------
@@ -611,8 +620,11 @@ class Worker:
                     await asyncio.wait_for(coroutine, sub.timeout)
                 else:
                     await coroutine
-            else:
-                await asyncio.to_thread(sub.handler, event)
+            else:  # in this context (the attempt's, a span's), as asyncio.to_thread would
+                context = contextvars.copy_context()
+                await asyncio.get_running_loop().run_in_executor(
+                    self._threads, functools.partial(context.run, sub.handler, event)
+                )
 
         call = HandlerCall(self.bus, sub, PublishResult(event), attempt)
         state = Handling(self._inbox, sub.name, event.event_id) if sub.idempotent else None
