@@ -363,3 +363,55 @@ def test_what_a_give_up_hook_publishes_goes_on_in_the_cascade_s_trace(
     [abandoned] = found[f"process {JobAbandoned.event_type}"]
     assert abandoned.context.trace_id == web.context.trace_id
     assert len({span.context.trace_id for span in exporter.get_finished_spans()}) == 1
+
+
+@pytest.mark.parametrize("parent", [False, True], ids=["link", "parent"])
+def test_on_one_worker_a_cascade_it_publishes_and_handles_follows_the_entry(
+    redis_url: str, provider: TracerProvider, exporter: InMemorySpanExporter, parent: bool
+) -> None:
+    """The same process sent the child: its process span still follows the broker's rules."""
+    from eventbus.redis import RedisBroker, Worker
+
+    bus = EventBus(broker=RedisBroker(redis_url, namespace="one-worker"))
+
+    @bus.subscribe(name="jobs.run")
+    def run(event: Job) -> None:
+        bus.publish(JobDone(number=event.number))
+
+    bus.subscribe(JobDone, name="audit.record")(lambda event: None)
+    tracing = Tracing(provider, parent=parent)
+    tracing.install(bus)
+    worker = Worker(bus, block=0.05)
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        bus.publish(Job(number=1))
+        for _ in range(3000):
+            if worker.handled >= 4:  # 2 entries x 2 groups
+                break
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.uninstall(bus)
+        assert bus.broker is not None
+        bus.broker.close()  # type: ignore[attr-defined]
+    found = spans(exporter)
+    [process_done] = found[f"process {JobDone.event_type}"]
+    [process_job] = found[f"process {Job.event_type}"]
+    send_done = next(
+        s
+        for s in found["send eventbus:one-worker:events"]
+        if parent_of(s) == process_job.context.span_id
+    )
+    attributes = dict(process_done.attributes or {})
+    assert attributes["messaging.destination.name"] == "eventbus:one-worker:events"
+    assert attributes["eventbus.event_type"] == JobDone.event_type
+    if parent:
+        assert parent_of(process_done) == send_done.context.span_id
+    else:
+        assert [link.context.span_id for link in process_done.links] == [send_done.context.span_id]
+        assert process_done.context.trace_id != send_done.context.trace_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc as c
 import re
+import time
 import typing as t
 
 import hypothesis.strategies as st
@@ -233,41 +234,96 @@ def test_a_broker_that_does_not_answer_reads_as_down(
     broker.close()
 
 
-def test_the_instruments_names_become_the_prometheus_series_names() -> None:
-    """With OpenTelemetry's Prometheus exporter, the Grafana dashboard reads them unchanged."""
+def test_one_meter_provider_has_one_metrics(reader: InMemoryMetricReader, metrics: Metrics) -> None:
+    """A second would get the first's instruments (fixed names) and lose its counts unsaid."""
+    with pytest.raises(ValueError, match="has an eventbus Metrics already"):
+        Metrics(reader.provider)  # type: ignore[attr-defined]
+
+
+def test_a_broker_read_is_shared_by_the_five_gauges_of_a_collection_even_when_slow(
+    reader: InMemoryMetricReader, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that hangs is read once per collection, not once per gauge."""
+    from eventbus import _metrics
+
+    reads: list[float] = []
+
+    def slow(self: _metrics.BrokerReader) -> None:
+        time.sleep(0.6)  # longer than a reading stays fresh (0.5 s)
+        reads.append(time.monotonic())
+
+    monkeypatch.setattr(_metrics.BrokerReader, "read", slow)
+    broker = RedisBroker("redis://127.0.0.1:1/0", namespace="slow", timeout=0.2)
+    metrics.watch_broker(broker, timeout=0.2)
+    assert count(points(reader), "eventbus.broker.up", namespace="slow") == 0
+    assert len(reads) == 1
+    metrics.close()
+    broker.close()
+
+
+def test_a_watched_worker_is_watched_once_and_not_after_close(
+    redis_url: str, reader: InMemoryMetricReader, metrics: Metrics
+) -> None:
+    with RedisBroker(redis_url, namespace="watched") as broker:
+        bus = EventBus(broker=broker)
+        bus.subscribe(OrderPlaced, name="shop.ship")(lambda event: None)
+        worker = Worker(bus)
+        metrics.watch_worker(worker)
+        with pytest.raises(ValueError, match="watches"):
+            metrics.watch_worker(worker)
+        assert count(points(reader), "eventbus.worker.entries") == 0
+        metrics.close()
+        assert ("eventbus.worker.entries", frozenset()) not in points(reader)  # not a reset
+
+
+def test_the_instruments_names_become_the_dashboard_s_series(
+    redis_url: str, reader: InMemoryMetricReader, metrics: Metrics
+) -> None:
+    """Every instrument Metrics makes, through OpenTelemetry's Prometheus exporter's names,
+    is a series the Grafana dashboard queries, and it queries no other."""
     import json
     import pathlib
 
+    bus = EventBus(broker=RedisBroker(redis_url, namespace="named"), clock=FakeClock())
+    broker = bus.broker
+    assert isinstance(broker, RedisBroker)
+
+    @bus.subscribe(name="shop.ship", retry=RetryPolicy(max_attempts=2))
+    def ship(event: OrderPlaced) -> None:
+        raise ValueError("no such address")
+
+    worker = Worker(bus, block=0.05)
+    metrics.install(bus)
+    metrics.watch_broker(broker)
+    metrics.watch_worker(worker)
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        bus.publish(OrderPlaced(order_id="o1"))
+        for _ in range(3000):
+            if worker.handled == 1:
+                break
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+    try:
+        asyncio.run(main())
+    finally:
+        metrics.uninstall(bus)
+    data = reader.get_metrics_data()
+    assert data is not None
+    kinds = {"Sum": "counter", "Histogram": "histogram", "Gauge": "gauge"}
+    made = {
+        prometheus_name(metric.name, kinds[type(metric.data).__name__])
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
     dashboard = pathlib.Path(__file__).parent.parent / "docs" / "grafana" / "eventbus.json"
     queried = set(re.findall(r"eventbus_[a-z_]+", json.dumps(json.loads(dashboard.read_text()))))
-    made = {
-        prometheus_name(name, kind)
-        for name, kind in [
-            *(
-                (f"eventbus.{n}", "counter")
-                for n in (
-                    "published",
-                    "handled",
-                    "failed_attempts",
-                    "retries",
-                    "dead_letters",
-                    "worker.entries",
-                    "reclaimed_entries",
-                )
-            ),
-            ("eventbus.handler.duration", "histogram"),
-            *(
-                (f"eventbus.{n}", "gauge")
-                for n in (
-                    "group.pending",
-                    "group.lag",
-                    "group.consumers",
-                    "dead_letter_store.letters",
-                    "broker.up",
-                )
-            ),
-        ]
-    }
     histogram = "eventbus_handler_duration_seconds"
     series = {re.sub(f"^{histogram}_(bucket|sum|count)$", histogram, q) for q in queried}
-    assert series == made
+    assert made == series
+    metrics.close()
+    broker.close()

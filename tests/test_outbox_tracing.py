@@ -242,3 +242,32 @@ def test_without_opentelemetry_in_the_process_the_outbox_keeps_no_context(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("broken", ["inject", "extract"])
+def test_a_broken_propagator_never_fails_an_add_nor_keeps_an_event_from_being_sent(
+    bus: EventBus,
+    outbox: SQLiteOutbox,
+    provider: TracerProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    broken: str,
+) -> None:
+    from opentelemetry import propagate
+
+    sent: list[Event] = []
+    bus.subscribe(OrderPlaced, name="catalog.reserve")(sent.append)
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the propagator is broken")
+
+    if broken == "inject":
+        monkeypatch.setattr(propagate, "inject", fails)
+    with provider.get_tracer("web").start_as_current_span("POST /orders"):
+        add(outbox, OrderPlaced(order_id="o1"))
+    if broken == "extract":
+        monkeypatch.setattr(propagate, "extract", fails)
+    assert relay(bus, outbox, use_async=False) == 1
+    assert [event.order_id for event in sent if isinstance(event, OrderPlaced)] == ["o1"]
+    assert len(outbox) == 0
+    assert "the propagator is broken" in caplog.text

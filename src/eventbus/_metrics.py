@@ -176,8 +176,10 @@ class Counts(Middleware):
         bucket = bisect.bisect_left(BUCKETS, seconds)
         with self._lock:
             histogram = self._durations.get(key)
-            if histogram is None:
-                histogram = self._durations[key] = Histogram()
+            if histogram is None:  # both outcomes at once: a first failure is an increase
+                for outcome in ("success", "failure"):
+                    self._durations[(event_type, handler, outcome)] = Histogram()
+                histogram = self._durations[key]
             histogram.buckets[bucket] += 1
             histogram.sum += seconds
             histogram.count += 1

@@ -16,19 +16,26 @@ from __future__ import annotations
 
 import collections.abc as c
 import contextlib
+import logging
 import sys
 
 __all__ = ["attached", "capture"]
+
+logger = logging.getLogger("eventbus")
 
 
 def capture() -> dict[str, str]:
     """The current trace context as headers; {} with no OpenTelemetry or no context."""
     if "opentelemetry.context" not in sys.modules:
         return {}
-    from opentelemetry import propagate
-
     headers: dict[str, str] = {}
-    propagate.inject(headers)
+    try:  # instrumentation: a broken propagator never fails the caller's write
+        from opentelemetry import propagate
+
+        propagate.inject(headers)
+    except Exception:
+        logger.exception("the trace context could not be captured; the event goes without it")
+        return {}
     return headers
 
 
@@ -38,9 +45,14 @@ def attached(headers: c.Mapping[str, str]) -> c.Iterator[None]:
     if not headers or "opentelemetry.context" not in sys.modules:
         yield
         return
-    from opentelemetry import context, propagate
+    try:  # instrumentation: a broken propagator never keeps the event from being sent
+        from opentelemetry import context, propagate
 
-    token = context.attach(propagate.extract(headers))
+        token = context.attach(propagate.extract(headers))
+    except Exception:
+        logger.exception("the trace context kept with the event could not be restored")
+        yield
+        return
     try:
         yield
     finally:

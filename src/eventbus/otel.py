@@ -84,7 +84,7 @@ class Tracing(Middleware):
         self._lock = threading.Lock()
         # subscription -> its system, its span names' prefix, its static attributes (a
         # Subscription cannot be weakly referenced: emptied past REMEMBERED, and at uninstall).
-        self._static: dict[Subscription, tuple[str, str, dict[str, t.Any]]] = {}
+        self._static: dict[Subscription, tuple[bool, dict[str, t.Any]]] = {}
 
     # -- installing ----------------------------------------------------------------------
 
@@ -188,49 +188,40 @@ class Tracing(Middleware):
         static = self._static.get(call.subscription)
         if static is None:
             static = self._static_attributes(call)
-        system, name_prefix, base = static
-        name = name_prefix + event.event_type
-        sent = self._sent.get(event.event_id)
-        if sent is not None:  # sent in this process: the cascade goes on in one trace
-            context_sent, ids = sent
+        on_redis, base = static
+        name = "process " + event.event_type
+        kind = trace.SpanKind.CONSUMER
+        if not on_redis:  # in process: the child of the send span, if sent here
+            sent = self._sent.get(event.event_id)
+            ids = sent[1] if sent is not None else _ids(event)
             attributes = {**base, **ids, "eventbus.attempt": call.attempt}
-            if system != "eventbus":
-                attributes["eventbus.event_type"] = event.event_type
-            else:
-                attributes["messaging.destination.name"] = event.event_type
-            return self.tracer.start_span(
-                name,
-                context=trace.set_span_in_context(trace.NonRecordingSpan(context_sent)),
-                kind=trace.SpanKind.CONSUMER,
-                attributes=attributes,
-            )
+            attributes["messaging.destination.name"] = event.event_type
+            if sent is None:
+                return self.tracer.start_span(name, kind=kind, attributes=attributes)
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(sent[0]))
+            return self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
+        # On a broker bus (base has the stream as destination): the producer's context is in
+        # the entry, whoever sent it (this process too); none outside a worker (a redrive).
         attributes = {**base, **_ids(event), "eventbus.attempt": call.attempt}
-        attributes["messaging.destination.name"] = event.event_type
-        if system == "eventbus":
-            return self.tracer.start_span(name, kind=trace.SpanKind.CONSUMER, attributes=attributes)
         attributes["eventbus.event_type"] = event.event_type
-        fields = _entry_fields(call.bus)  # on a worker: the producer's context, in the entry
+        fields = _entry_fields(call.bus)
         remote = trace.get_current_span(propagate.extract(fields)).get_span_context()
         if not (fields and remote.is_valid):
-            return self.tracer.start_span(name, kind=trace.SpanKind.CONSUMER, attributes=attributes)
-        attributes["messaging.destination.name"] = _stream(call.bus)
+            return self.tracer.start_span(name, kind=kind, attributes=attributes)
         if self.parent:
             parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
-            return self.tracer.start_span(
-                name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
-            )
+            return self.tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
         return self.tracer.start_span(
-            name, kind=trace.SpanKind.CONSUMER, attributes=attributes, links=[trace.Link(remote)]
+            name, kind=kind, attributes=attributes, links=[trace.Link(remote)]
         )
 
-    def _static_attributes(self, call: HandlerCall) -> tuple[str, str, dict[str, t.Any]]:
+    def _static_attributes(self, call: HandlerCall) -> tuple[bool, dict[str, t.Any]]:
         """What a subscription's process spans share, worked out on its first attempt."""
         system = _system(call.bus)
-        static = (
-            system,
-            "process ",
-            {**_PROCESS[system], "messaging.consumer.group.name": call.subscription.name},
-        )
+        base = {**_PROCESS[system], "messaging.consumer.group.name": call.subscription.name}
+        if system != "eventbus":
+            base["messaging.destination.name"] = _stream(call.bus)
+        static = (system != "eventbus", base)
         if len(self._static) >= REMEMBERED:
             self._static.clear()
         self._static[call.subscription] = static
@@ -319,7 +310,16 @@ class Metrics(_metrics.Counts):
 
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         super().__init__()
-        self.meter = metrics.get_meter("eventbus", __version__, meter_provider=meter_provider)
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        with _PROVIDERS_LOCK:
+            if provider in _PROVIDERS:
+                raise ValueError(
+                    f"{provider!r} has an eventbus Metrics already: its instruments have fixed "
+                    "names, so a second one's counts would be lost. Install that one on every "
+                    "bus (their series add up)"
+                )
+            _PROVIDERS[provider] = True
+        self.meter = metrics.get_meter("eventbus", __version__, meter_provider=provider)
         meter = self.meter
         for name, unit, description, read in (
             ("published", "{event}", "Events published.", self._published_now),
@@ -414,6 +414,8 @@ class Metrics(_metrics.Counts):
     def watch_worker(self, worker: Worker) -> None:
         """Report ``worker``'s counts (``eventbus.worker.entries``, ``.reclaimed_entries``)."""
         with self._watching:
+            if worker in self._workers:
+                raise ValueError(f"{self!r} watches {worker!r} already")
             self._workers.append(worker)
             if not self._worker_counters_made:
                 self._worker_counters_made = True
@@ -444,9 +446,10 @@ class Metrics(_metrics.Counts):
             watched = list(self._brokers.values())
         found = []
         for reader, cached in watched:
-            now = time.monotonic()
-            if not cached or now - cached[0] > FRESH:  # once for the five gauges of a collection
-                cached[:] = [now, reader.read()]
+            if not cached or time.monotonic() - cached[0] > FRESH:  # once for the five gauges
+                reading = reader.read()
+                cached[:] = [time.monotonic(), reading]  # stamped once read: a slow read counts
+
             reading = cached[1]
             namespace = reader.broker.namespace
             if name == "broker.up":
@@ -466,7 +469,10 @@ class Metrics(_metrics.Counts):
         return found
 
     def _worker_entries(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
-        return [metrics.Observation(sum(worker.handled for worker in self._workers))]
+        workers = list(self._workers)
+        if not workers:  # none watched (closed): no point, rather than a reset to 0
+            return []
+        return [metrics.Observation(sum(worker.handled for worker in workers))]
 
     def _reclaimed(self, options: metrics.CallbackOptions) -> c.Iterable[metrics.Observation]:
         totals: collections.Counter[str] = collections.Counter()
@@ -474,6 +480,11 @@ class Metrics(_metrics.Counts):
             for sub in worker.subscriptions:
                 totals[sub.name] += worker.reclaimed[sub.name]
         return [metrics.Observation(n, {"handler": name}) for name, n in totals.items()]
+
+
+#: The meter providers that have a Metrics, each one at most (weakly: a provider may go).
+_PROVIDERS: weakref.WeakKeyDictionary[t.Any, bool] = weakref.WeakKeyDictionary()
+_PROVIDERS_LOCK = threading.Lock()
 
 
 def _by_handler(counts: dict[tuple[str, str], int]) -> list[metrics.Observation]:
