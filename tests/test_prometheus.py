@@ -297,3 +297,39 @@ def test_a_run_is_counted_by_how_it_ended_whatever_the_middleware_around_the_met
     assert value(registry, "eventbus_handled_total", outcome="dead_letter", **ship) == 1
     assert value(registry, "eventbus_failed_attempts_total", **ship) == 2
     assert value(registry, "eventbus_retries_total", **ship) == 1
+
+
+def test_a_relay_s_dead_letter_is_counted_and_signalled_but_is_no_handler_run(
+    registry: CollectorRegistry, metrics: PrometheusMetrics, tmp_path: t.Any
+) -> None:
+    import contextlib
+    import sqlite3
+
+    from eventbus import RELAY, DeadLetter, Relay, SQLiteOutbox
+
+    bus = EventBus(clock=FakeClock())
+    letters: list[DeadLetter] = []
+
+    def alert(sender: object, *, dead_letter: DeadLetter, **_: object) -> None:
+        letters.append(dead_letter)
+
+    signals.event_dead_lettered.connect(alert, sender=bus)
+    metrics.install(bus)
+    try:
+        with SQLiteOutbox(tmp_path / "shop.db") as outbox:
+            with contextlib.closing(sqlite3.connect(outbox.path)) as db, db:
+                db.execute(  # a row of a type this process does not know: a letter at once
+                    f"INSERT INTO {outbox.table} (event_type, payload, added_at) "
+                    "VALUES ('gone.Gone', '{}', 0)"
+                )
+            with Relay(bus, outbox) as relay:
+                assert relay.send() == 0
+                assert relay.lettered == 1
+    finally:
+        metrics.uninstall(bus)
+        signals.event_dead_lettered.disconnect(alert)
+    [letter] = letters
+    assert letter.handler == RELAY
+    labels = {"event_type": "eventbus.UndefinedEvent", "handler": RELAY}
+    assert value(registry, "eventbus_dead_letters_total", **labels) == 1
+    assert value(registry, "eventbus_handled_total", **labels, outcome="dead_letter") == 0

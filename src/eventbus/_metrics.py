@@ -24,6 +24,7 @@ import weakref
 from blinker import NamedSignal
 
 from . import signals
+from .dead_letters.letter import RELAY
 from .inbox.protocol import AlreadyHandled
 from .middleware import AsyncCallNext, CallNext, HandlerCall, Middleware
 
@@ -210,7 +211,7 @@ class Counts(Middleware):
         key = (label(dead_letter.event), dead_letter.handler)
         with self._lock:
             self._letters[key] = self._letters.get(key, 0) + 1
-            if not dead_letter.unhandled:
+            if not dead_letter.unhandled and dead_letter.handler != RELAY:  # a handler's run
                 run = (*key, "dead_letter")
                 self._handled[run] = self._handled.get(run, 0) + 1
 

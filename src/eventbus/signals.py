@@ -152,7 +152,8 @@ event_dead_lettered: NamedSignal = HookSignal(
     "event-dead-lettered",
     doc="""A dead letter was made: ``dead_letter=``. Sent once per (event, handler)
     pair, after its last attempt; also for an unhandled event when the bus
-    reports them.""",
+    reports them, and for an outbox row the bus's relay could not send
+    (handler ``RELAY``).""",
 )
 
 event_unhandled: NamedSignal = HookSignal(

@@ -39,6 +39,7 @@ import uuid
 
 from pydantic import ValidationError
 
+from .. import signals
 from .._logs import event_fields
 from .._propagation import attached
 from ..dead_letters import DeadLetter, DeadLetterStore, UndefinedEvent
@@ -354,6 +355,7 @@ class Relay:
                 extra=event_fields(event, RELAY, attempts, relay=self.name, outbox_row=row.seq),
             )
             return False
+        signals.send(signals.event_dead_lettered, self.bus, dead_letter=letter)
         logger.error(
             "relay %s: outbox row %d (%s, event_id=%s) is dead letter %s after %d attempt(s): %s",
             self.name,
