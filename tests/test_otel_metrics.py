@@ -76,6 +76,23 @@ def prometheus_name(name: str, kind: str) -> str:
     return {"counter": f"{base}_total", "histogram": f"{base}_seconds", "gauge": base}[kind]
 
 
+def work(worker: Worker, bus: EventBus, order_ids: list[str], *, entries: int) -> None:
+    """Publish an OrderPlaced per id; run ``worker`` until it acknowledged ``entries``."""
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        for order_id in order_ids:
+            bus.publish(OrderPlaced(order_id=order_id))
+        for _ in range(3000):
+            if worker.handled == entries:
+                break
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])
 def test_it_reports_what_prometheus_metrics_count_on_the_same_bus(
     reader: InMemoryMetricReader, metrics: Metrics, use_async: bool
@@ -189,19 +206,8 @@ def test_a_broker_s_gauges_and_a_worker_s_counts(
     with pytest.raises(ValueError, match="watches"):
         metrics.watch_broker(broker)
 
-    async def main() -> None:
-        task = asyncio.create_task(worker.run())
-        for order_id in ("o1", "bad", "o2"):
-            bus.publish(OrderPlaced(order_id=order_id))
-        for _ in range(3000):
-            if worker.handled == 3:
-                break
-            await asyncio.sleep(0.01)
-        worker.stop()
-        await asyncio.wait_for(task, 60)
-
     try:
-        asyncio.run(main())
+        work(worker, bus, ["o1", "bad", "o2"], entries=3)
     finally:
         metrics.uninstall(bus)
     found = points(reader)
@@ -297,18 +303,8 @@ def test_the_instruments_names_become_the_dashboard_s_series(
     metrics.watch_broker(broker)
     metrics.watch_worker(worker)
 
-    async def main() -> None:
-        task = asyncio.create_task(worker.run())
-        bus.publish(OrderPlaced(order_id="o1"))
-        for _ in range(3000):
-            if worker.handled == 1:
-                break
-            await asyncio.sleep(0.01)
-        worker.stop()
-        await asyncio.wait_for(task, 60)
-
     try:
-        asyncio.run(main())
+        work(worker, bus, ["o1"], entries=1)
     finally:
         metrics.uninstall(bus)
     data = reader.get_metrics_data()

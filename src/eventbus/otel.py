@@ -254,23 +254,18 @@ def _stream(bus: EventBus) -> str:
     return str(keys.stream) if keys is not None else ""
 
 
-#: The attributes every send span of a system has, and every process span.
-_SEND = {
-    system: {
-        "messaging.system": system,
-        "messaging.operation.type": "send",
-        "messaging.operation.name": "send",
+#: The attributes every send span of a system has, and every process span: [operation][system].
+_SEND, _PROCESS = (
+    {
+        system: {
+            "messaging.system": system,
+            "messaging.operation.type": operation,
+            "messaging.operation.name": operation,
+        }
+        for system in ("eventbus", "redis")
     }
-    for system in ("eventbus", "redis")
-}
-_PROCESS = {
-    system: {
-        "messaging.system": system,
-        "messaging.operation.type": "process",
-        "messaging.operation.name": "process",
-    }
-    for system in ("eventbus", "redis")
-}
+    for operation in ("send", "process")
+)
 
 #: A sent event's send span context and its ids' attributes.
 _Sent: t.TypeAlias = "tuple[trace.SpanContext, dict[str, str]]"
