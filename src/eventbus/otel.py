@@ -142,7 +142,8 @@ class Tracing(Middleware):
             f"send {destination}", kind=trace.SpanKind.PRODUCER, attributes=attributes
         )
         span.end()  # the publish itself: the bus took the event
-        self._remember(event.event_id, (span.get_span_context(), ids))
+        if system == "eventbus":  # its handlers run here (on a broker, the entry says it)
+            self._remember(event.event_id, (span.get_span_context(), ids))
         return span
 
     def _remember(self, event_id: uuid.UUID, sent: _Sent) -> None:
