@@ -307,6 +307,12 @@ def test_the_instruments_names_become_the_dashboard_s_series(
         work(worker, bus, ["o1"], entries=1)
     finally:
         metrics.uninstall(bus)
+    found = points(reader)  # a worker counts the attempts too: failed twice, retried once
+    ship_run = {"event_type": OrderPlaced.event_type, "handler": "shop.ship"}
+    assert count(found, "eventbus.failed_attempts", **ship_run) == 2
+    assert count(found, "eventbus.retries", **ship_run) == 1
+    assert count(found, "eventbus.dead_letters", **ship_run) == 1
+    assert count(found, "eventbus.handled", **ship_run, outcome="dead_letter") == 1
     data = reader.get_metrics_data()
     assert data is not None
     kinds = {"Sum": "counter", "Histogram": "histogram", "Gauge": "gauge"}
