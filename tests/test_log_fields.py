@@ -185,3 +185,42 @@ def test_a_relays_unreadable_row_is_logged_without_the_values_that_failed_valida
         )
         assert SECRET not in letter.error_message
     no_payload(caplog)
+
+
+def test_a_record_about_an_event_sent_in_a_trace_carries_its_trace_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    bus = EventBus(retry=RetryPolicy(max_attempts=1), clock=FakeClock())
+
+    @bus.subscribe(name="shop.charge")
+    def charge(event: CardCharged) -> None:
+        raise ConnectionError("gateway down")
+
+    tracer = TracerProvider().get_tracer("web")  # a private provider: the global one untouched
+    with caplog.at_level(logging.INFO, logger="eventbus"):
+        with tracer.start_as_current_span("POST /charge") as request:
+            bus.publish(CardCharged(order_id="o1"))
+        bus.publish(CardCharged(order_id="o2"))  # outside any trace
+    traced, untraced = about_events(caplog)
+    assert traced.__dict__["trace_id"] == f"{request.get_span_context().trace_id:032x}"
+    assert "trace_id" not in untraced.__dict__
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("00-" + "a" * 32 + "-" + "b" * 16 + "-01", "a" * 32),
+        (("00-" + "c" * 32 + "-" + "d" * 16 + "-00").encode(), "c" * 32),
+        ("00-" + "0" * 32 + "-" + "b" * 16 + "-01", None),  # the invalid trace id
+        ("00-" + "A" * 32 + "-" + "b" * 16 + "-01", None),  # upper case is not W3C
+        ("not a traceparent", None),
+        (None, None),
+        (7, None),
+    ],
+)
+def test_only_a_w3c_traceparent_gives_a_trace_id(value: object, expected: str | None) -> None:
+    from eventbus._logs import trace_id_of
+
+    assert trace_id_of(value) == expected

@@ -271,3 +271,36 @@ def test_a_broken_propagator_never_fails_an_add_nor_keeps_an_event_from_being_se
     assert [event.order_id for event in sent if isinstance(event, OrderPlaced)] == ["o1"]
     assert len(outbox) == 0
     assert "the propagator is broken" in caplog.text
+
+
+def test_a_relay_s_records_about_a_row_carry_the_trace_id_it_was_added_in(
+    outbox: SQLiteOutbox, provider: TracerProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from eventbus import BrokerError, PublishResult, RetryPolicy
+
+    class Down:
+        """A transport whose broker does not answer."""
+
+        def bind(self, bus: EventBus, plan: object) -> tuple[object, object]:
+            def publish(event: Event) -> PublishResult:
+                raise BrokerError("the broker does not answer")
+
+            async def publish_async(event: Event) -> PublishResult:
+                return publish(event)
+
+            return publish, publish_async
+
+    down = EventBus(transport=Down(), clock=FakeClock())  # type: ignore[arg-type]
+    with provider.get_tracer("web").start_as_current_span("POST /orders") as request:
+        add(outbox, OrderPlaced(order_id="o1"))
+    with (
+        caplog.at_level(logging.INFO, logger="eventbus"),
+        Relay(down, outbox, retry=RetryPolicy(max_attempts=1)) as sender,
+    ):
+        assert sender.send() == 0  # the one attempt fails: a dead letter
+    about = [r for r in caplog.records if "outbox_row" in r.__dict__]
+    assert about
+    trace_id = f"{request.get_span_context().trace_id:032x}"
+    assert all(record.__dict__["trace_id"] == trace_id for record in about)

@@ -308,6 +308,41 @@ def test_a_workers_records_about_an_entry_name_the_worker_and_the_entry(
         assert record.__dict__["handler"] == "shop.charge"
 
 
+def test_a_workers_records_carry_the_trace_id_its_entry_was_sent_in(
+    bus: EventBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """For ELK: the producer's trace id (the entry's W3C traceparent) on what a worker logs."""
+    trace_id = uuid.uuid4().hex
+    broker = broker_of(bus)
+
+    def traced(event: Event) -> dict[str, str]:
+        return {"traceparent": f"00-{trace_id}-{'ab' * 8}-01"}
+
+    @bus.subscribe(name="shop.charge", retry=RetryPolicy(max_attempts=2))
+    def charge(event: Ordered) -> None:
+        raise ValueError("card declined")
+
+    broker.add_entry_fields(traced)
+    traced_order = Ordered(order_id="o1")
+    bus.publish(traced_order)
+    broker.remove_entry_fields(traced)
+    plain = Ordered(order_id="o2")
+    bus.publish(plain)
+
+    async def main() -> None:
+        async with working(bus) as worker:
+            await until(lambda: worker.handled == 2)
+
+    with caplog.at_level(logging.INFO, logger="eventbus"):
+        asyncio.run(main())
+    about = [r for r in caplog.records if r.__dict__.get("event_id") == traced_order.event_id]
+    assert len(about) == 2  # the retry, the dead letter
+    assert all(record.__dict__["trace_id"] == trace_id for record in about)
+    untraced = [r for r in caplog.records if r.__dict__.get("event_id") == plain.event_id]
+    assert untraced
+    assert not any("trace_id" in record.__dict__ for record in untraced)
+
+
 def test_an_unreadable_entry_is_a_dead_letter_keeping_its_fields_and_the_worker_goes_on(
     bus: EventBus,
 ) -> None:

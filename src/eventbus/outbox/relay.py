@@ -40,7 +40,7 @@ import uuid
 from pydantic import ValidationError
 
 from .. import signals
-from .._logs import event_fields
+from .._logs import event_fields, trace_id_of
 from .._propagation import attached
 from ..dead_letters import DeadLetter, DeadLetterStore, UndefinedEvent
 from ..dead_letters.letter import RELAY, describe
@@ -322,7 +322,7 @@ class Relay:
             attempts,
             describe(error),
             wait,
-            extra=event_fields(event, RELAY, attempts, relay=self.name, outbox_row=row.seq),
+            extra=event_fields(event, RELAY, attempts, **_row_fields(self, row)),
         )
         with self.outbox._transaction() as db:
             if self._holds(db):
@@ -352,7 +352,7 @@ class Relay:
                 self.name,
                 row.seq,
                 row.event_type,
-                extra=event_fields(event, RELAY, attempts, relay=self.name, outbox_row=row.seq),
+                extra=event_fields(event, RELAY, attempts, **_row_fields(self, row)),
             )
             return False
         signals.send(signals.event_dead_lettered, self.bus, dead_letter=letter)
@@ -369,8 +369,7 @@ class Relay:
                 event,
                 RELAY,
                 attempts,
-                relay=self.name,
-                outbox_row=row.seq,
+                **_row_fields(self, row),
                 dead_letter_id=letter.id,
             ),
         )
@@ -419,6 +418,15 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay {self.name} {self.outbox!r}>"
+
+
+def _row_fields(relay: Relay, row: OutboxRow) -> dict[str, object]:
+    """A relay's log fields about ``row``: with the trace id it was added in, if any."""
+    fields: dict[str, object] = {"relay": relay.name, "outbox_row": row.seq}
+    trace_id = trace_id_of(row.headers.get("traceparent"))
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
+    return fields
 
 
 async def _in_thread(function: t.Callable[..., _R], *args: t.Any) -> _R:

@@ -40,7 +40,7 @@ import redis.asyncio as aredis
 from pydantic import ValidationError
 
 from .. import signals
-from .._logs import event_fields, log_context
+from .._logs import event_fields, log_context, trace_id_of
 from .._propagation import attached
 from ..context import current
 from ..dead_letters.letter import DeadLetter, UndefinedEvent, describe
@@ -438,7 +438,11 @@ class Worker:
         claimed: bool = False,
     ) -> None:
         context = contextvars.copy_context()  # its log records name this worker and entry
-        context.run(log_context.set, {"worker": self.name, "entry_id": entry_id.decode()})
+        logged: dict[str, object] = {"worker": self.name, "entry_id": entry_id.decode()}
+        trace_id = trace_id_of(fields.get(b"traceparent")) if isinstance(fields, dict) else None
+        if trace_id is not None:  # and the trace the event was sent in
+            logged["trace_id"] = trace_id
+        context.run(log_context.set, logged)
         context.run(handled_entry.set, fields)  # for eventbus.redis.entry_fields()
         task = asyncio.create_task(
             self._handle(sub, entry_id, fields, pending=pending, claimed=claimed),
