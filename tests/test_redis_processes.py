@@ -43,13 +43,14 @@ class App:
         self.Job = redis_app.Job
         self.JobDone = redis_app.JobDone
 
-    def worker(self, *options: str) -> subprocess.Popen[bytes]:
+    def worker(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         environment = {
             **os.environ,
             "REDIS_APP_URL": self.url,
             "REDIS_APP_NAMESPACE": self.namespace,
             "REDIS_APP_CLAIM_IDLE": str(self.claim_idle),
             "PYTHONPATH": ROOT,
+            **(env or {}),
         }
         log = self.logs / f"worker-{len(self.workers)}.log"
         with log.open("wb") as output:  # the child keeps its own copy of the descriptor
@@ -241,6 +242,43 @@ def test_a_worker_serves_its_metrics_on_the_port_its_command_line_names(app: App
         assert series in text, text
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=PATIENCE) == 0
+
+
+def test_a_worker_reports_through_opentelemetry_with_otel_metrics(
+    app: App, tmp_path: pathlib.Path
+) -> None:
+    """``--otel-metrics``: the application's meter provider exports the bus's, the broker's
+    and the worker's metrics; the last counts are flushed when it stops."""
+    exported = tmp_path / "metrics.jsonl"
+    worker = app.worker(
+        "--handlers", "jobs.*", "--otel-metrics", env={"REDIS_APP_METRICS_FILE": str(exported)}
+    )
+    for n in range(5):
+        app.bus.publish(app.Job(n=n))
+    until(lambda: app.acknowledged_all("jobs.run", 5), "jobs acked")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=PATIENCE) == 0
+    points: dict[str, list[dict[str, t.Any]]] = {}
+    for line in exported.read_text().splitlines():
+        for resource in json.loads(line)["resource_metrics"]:
+            for scope in resource["scope_metrics"]:
+                for metric in scope["metrics"]:
+                    points[metric["name"]] = metric["data"]["data_points"]  # the latest
+    job = app.Job.event_type
+
+    def value(name: str, **attributes: str) -> t.Any:
+        for point in points[name]:
+            if point["attributes"] == attributes:
+                return point.get("value", point.get("count"))
+        raise AssertionError(f"no {name} {attributes} in {points.get(name)}")
+
+    assert value("eventbus.handled", event_type=job, handler="jobs.run", outcome="success") == 5
+    assert value("eventbus.published", event_type=app.JobDone.event_type) == 5
+    assert value("eventbus.worker.entries") == 10  # the 5 jobs and their 5 children
+    assert value("eventbus.handler.duration", event_type=job, handler="jobs.run",
+                 outcome="success") == 5  # fmt: skip
+    assert value("eventbus.broker.up", namespace=app.namespace) == 1
+    assert value("eventbus.group.pending", namespace=app.namespace, handler="jobs.run") == 0
 
 
 def test_two_workers_given_one_metrics_port_the_second_says_so(app: App) -> None:

@@ -324,10 +324,11 @@ def _worker(args: argparse.Namespace) -> int:
             relay=relay,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            otel_metrics=args.otel_metrics,
         )
     except (LookupError, ValueError, TypeError) as error:
         raise CommandError(str(error)) from None
-    except ImportError as error:  # --metrics-port without eventbus[prometheus]
+    except ImportError as error:  # --metrics-port without eventbus[prometheus], or --otel-...
         raise CommandError(str(error)) from None
 
 
@@ -974,6 +975,12 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         metavar="HOST",
         help="the address to serve metrics on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    worker.add_argument(
+        "--otel-metrics",
+        action="store_true",
+        help="report the metrics through OpenTelemetry's global meter provider, which the "
+        "application configures at import (needs eventbus[otel])",
     )
     worker.add_argument(
         "--outbox",

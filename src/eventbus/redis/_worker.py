@@ -906,6 +906,7 @@ def serve(
     relay: Relay | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    otel_metrics: bool = False,
 ) -> int:
     """Run a worker in this process until SIGTERM or SIGINT; the exit status (0: stopped clean).
 
@@ -917,6 +918,9 @@ def serve(
     :class:`~eventbus.outbox.Relay` to run beside the handlers, stopped with them.
     ``metrics_port``: serve Prometheus metrics on ``metrics_host:metrics_port``
     (``eventbus.prometheus.serve_metrics``; needs ``eventbus[prometheus]``).
+    ``otel_metrics``: report the bus's, the broker's and the worker's metrics
+    through OpenTelemetry's global meter provider (``eventbus.otel.Metrics``;
+    the application configures the provider and its exporter, at import).
     """
     import signal
 
@@ -939,6 +943,15 @@ def serve(
             served.port,
             extra={"worker": worker.name},
         )
+
+    reported = None
+    if otel_metrics:
+        from ..otel import Metrics
+
+        reported = Metrics()  # the global meter provider: the application's, set at import
+        reported.install(bus)
+        reported.watch_broker(bus.broker)  # type: ignore[arg-type]
+        reported.watch_worker(worker)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -976,6 +989,10 @@ def serve(
     finally:
         if served is not None:
             served.close()
+        if reported is not None:
+            _flush_meters()  # the last counts exported before the process exits
+            reported.uninstall(bus)
+            reported.close()
     logger.info(
         "worker %s: stopped after %d entries",
         worker.name,
@@ -983,6 +1000,18 @@ def serve(
         extra={"worker": worker.name},
     )
     return 0
+
+
+def _flush_meters() -> None:
+    """Ask the global meter provider (the SDK's, if it is one) to export what it holds."""
+    from opentelemetry import metrics
+
+    flush = getattr(metrics.get_meter_provider(), "force_flush", None)
+    if flush is not None:
+        try:
+            flush()
+        except Exception:
+            logger.exception("flushing the OpenTelemetry metrics failed")
 
 
 def groups(broker: RedisBroker, client: redis.Redis | None = None) -> list[dict[str, t.Any]]:
