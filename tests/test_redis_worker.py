@@ -157,6 +157,36 @@ def test_sync_handlers_run_as_many_at_once_as_the_worker_has_slots(bus: EventBus
     assert pending(bus, "shop.call_carrier") == 0
 
 
+def test_a_cancelled_worker_leaves_nothing_running_and_its_entry_pending(bus: EventBus) -> None:
+    """Cancelling ``run()`` (not ``stop()``) cancels what it started; Redis keeps the entry."""
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    @bus.subscribe(name="shop.wait")
+    async def wait(event: Ordered) -> None:
+        started.append(event.order_id)
+        try:
+            await asyncio.Event().wait()  # never set: in flight until cancelled
+        except asyncio.CancelledError:
+            cancelled.append(event.order_id)
+            raise
+
+    bus.publish(Ordered(order_id="o1"))
+
+    async def main() -> set[asyncio.Task[t.Any]]:
+        worker = Worker(bus, block=0.05)
+        task = asyncio.create_task(worker.run())
+        await until(lambda: started == ["o1"])
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return asyncio.all_tasks() - {asyncio.current_task()}
+
+    assert asyncio.run(main()) == set()  # no reader, chore or entry left behind
+    assert cancelled == ["o1"]
+    assert pending(bus, "shop.wait") == 1  # for another worker, after claim_idle
+
+
 def test_a_failed_attempt_publishes_nothing_and_the_retry_is_a_new_delivery(
     bus: EventBus,
 ) -> None:

@@ -253,6 +253,8 @@ class Worker:
             ", ".join(sub.name for sub in self.subscriptions),
             extra={"worker": self.name},
         )
+        readers: list[asyncio.Task[None]] = []
+        chores: list[asyncio.Task[None]] = []
         try:
             # Every handler of the bus has its group, run here or not: entries wait in the
             # stream (untrimmed) for the handlers whose workers have not started yet.
@@ -269,7 +271,17 @@ class Worker:
             if self._in_flight:
                 await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
         finally:
-            self._threads.shutdown(wait=False)  # the entries in flight were awaited above
+            # Cancelled rather than stopped: nothing of this worker goes on without it (its
+            # readers, chores, entries in flight). Those entries stay pending in Redis, for a
+            # worker to take over after claim_idle; a sync handler's thread runs to its end.
+            left = [
+                task for task in (*readers, *chores, *self._in_flight.values()) if not task.done()
+            ]
+            for task in left:
+                task.cancel()
+            if left:
+                await asyncio.gather(*left, return_exceptions=True)
+            self._threads.shutdown(wait=False)
             await self._client.aclose()
 
     # -- reading ------------------------------------------------------------------
