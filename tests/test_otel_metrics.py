@@ -329,3 +329,30 @@ def test_the_instruments_names_become_the_dashboard_s_series(
     assert made == series
     metrics.close()
     broker.close()
+
+
+def test_the_global_meter_provider_has_one_metrics_before_and_after_it_is_set() -> None:
+    """Made before the application sets its provider (the API's proxy), or after: one."""
+    import subprocess
+    import sys
+
+    script = """
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from eventbus.otel import Metrics
+Metrics()  # the proxy, before the application set its provider
+metrics.set_meter_provider(MeterProvider())
+for second in (lambda: Metrics(), lambda: Metrics(metrics.get_meter_provider())):
+    try:
+        second()
+    except ValueError as error:
+        assert "has an eventbus Metrics already" in str(error)
+    else:
+        raise SystemExit("a second Metrics on the global provider was accepted")
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert done.stdout.strip() == "ok"

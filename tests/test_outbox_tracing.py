@@ -304,3 +304,23 @@ def test_a_relay_s_records_about_a_row_carry_the_trace_id_it_was_added_in(
     assert about
     trace_id = f"{request.get_span_context().trace_id:032x}"
     assert all(record.__dict__["trace_id"] == trace_id for record in about)
+
+
+def test_an_error_in_the_block_is_not_chained_to_a_broken_propagator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry import propagate
+
+    from eventbus._propagation import attached
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the propagator is broken")
+
+    monkeypatch.setattr(propagate, "extract", fails)
+    traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    with (
+        pytest.raises(ValueError, match="the send failed") as raised,
+        attached({"traceparent": traceparent}),
+    ):
+        raise ValueError("the send failed")
+    assert raised.value.__context__ is None

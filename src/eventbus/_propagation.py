@@ -45,12 +45,14 @@ def attached(headers: c.Mapping[str, str]) -> c.Iterator[None]:
     if not headers or "opentelemetry.context" not in sys.modules:
         yield
         return
+    token = None
     try:  # instrumentation: a broken propagator never keeps the event from being sent
         from opentelemetry import context, propagate
 
         token = context.attach(propagate.extract(headers))
     except Exception:
         logger.exception("the trace context kept with the event could not be restored")
+    if token is None:  # (outside the except: the block's errors do not chain to it)
         yield
         return
     try:

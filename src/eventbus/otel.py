@@ -307,13 +307,20 @@ class Metrics(_metrics.Counts):
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         super().__init__()
         provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        # The global provider under one key, whether it is set yet or still the API's proxy.
+        key = _GLOBAL if meter_provider is None else meter_provider
         with _PROVIDERS_LOCK:
-            if provider in _PROVIDERS:
+            if (
+                key in _PROVIDERS
+                or provider in _PROVIDERS  # the global one, given by name before
+                or (_GLOBAL in _PROVIDERS and provider is metrics.get_meter_provider())
+            ):
                 raise ValueError(
                     f"{provider!r} has an eventbus Metrics already: its instruments have fixed "
                     "names, so a second one's counts would be lost. Install that one on every "
                     "bus (their series add up)"
                 )
+            _PROVIDERS[key] = True
             _PROVIDERS[provider] = True
         self.meter = metrics.get_meter("eventbus", __version__, meter_provider=provider)
         meter = self.meter
@@ -477,6 +484,12 @@ class Metrics(_metrics.Counts):
                 totals[sub.name] += worker.reclaimed[sub.name]
         return [metrics.Observation(n, {"handler": name}) for name, n in totals.items()]
 
+
+class _Global:
+    """The key of OpenTelemetry's global meter provider in _PROVIDERS."""
+
+
+_GLOBAL = _Global()
 
 #: The meter providers that have a Metrics, each one at most (weakly: a provider may go).
 _PROVIDERS: weakref.WeakKeyDictionary[t.Any, bool] = weakref.WeakKeyDictionary()

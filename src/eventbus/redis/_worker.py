@@ -272,17 +272,19 @@ class Worker:
                 await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
         finally:
             # Cancelled rather than stopped: nothing of this worker goes on without it (its
-            # readers, chores, entries in flight). Those entries stay pending in Redis, for a
-            # worker to take over after claim_idle; a sync handler's thread runs to its end.
-            left = [
-                task for task in (*readers, *chores, *self._in_flight.values()) if not task.done()
-            ]
+            # readers, chores, entries in flight, acknowledgement writers). Its entries not
+            # acknowledged yet stay pending in Redis, for a worker to take over after
+            # claim_idle; a sync handler's thread runs to its end.
+            running = (*readers, *chores, *self._in_flight.values(), *self._committers.values())
+            left = [task for task in running if not task.done()]
             for task in left:
                 task.cancel()
-            if left:
-                await asyncio.gather(*left, return_exceptions=True)
-            self._threads.shutdown(wait=False)
-            await self._client.aclose()
+            try:
+                if left:
+                    await asyncio.gather(*left, return_exceptions=True)
+            finally:  # (cancelled again meanwhile: still no thread nor connection left open)
+                self._threads.shutdown(wait=False)
+                await self._client.aclose()
 
     # -- reading ------------------------------------------------------------------
 
@@ -769,9 +771,11 @@ class Worker:
                     self._trim_soon.set()
             for _, children, _, future in batch:
                 if failure is not None:
-                    future.set_exception(failure)
+                    if not future.done():  # (its entry's task cancelled meanwhile: run() was)
+                        future.set_exception(failure)
                     continue
-                future.set_result(None)
+                if not future.done():
+                    future.set_result(None)
                 for child, _ in children:
                     signals.send(signals.event_published, self.bus, event=child, publisher=group)
 
@@ -960,7 +964,12 @@ def serve(
     if otel_metrics:
         from ..otel import Metrics
 
-        reported = Metrics()  # the global meter provider: the application's, set at import
+        try:
+            reported = Metrics()  # the global meter provider: the application's, set at import
+        except BaseException:
+            if served is not None:
+                served.close()
+            raise
         reported.install(bus)
         reported.watch_broker(bus.broker)  # type: ignore[arg-type]
         reported.watch_worker(worker)

@@ -18,7 +18,7 @@ import uuid
 
 from .. import signals
 from ..dead_letters import NO_HANDLER, DeadLetter
-from ..dead_letters.letter import describe
+from ..dead_letters.letter import RELAY, describe
 from ..events import Event
 from . import mermaid as _mermaid
 from . import tree as _tree
@@ -260,6 +260,8 @@ class Trace:
             run.attempts = max(run.attempts, attempt)
 
     def _on_dead_lettered(self, sender: object, /, *, dead_letter: DeadLetter, **_: object) -> None:
+        if dead_letter.handler == RELAY:  # an outbox row its relay could not send: no dispatch
+            return
         with self._lock:
             if dead_letter.unhandled:
                 node = self._unhandled_node(dead_letter.event, reported=True)
