@@ -30,7 +30,7 @@ from eventbus.prometheus import PrometheusMetrics
 from eventbus.redis import RedisBroker, Worker
 from eventbus.testing import FakeClock
 
-from .test_prometheus import OrderPlaced, OrderShipped, shop
+from .test_prometheus import OrderPlaced, OrderShipped, shop, work
 
 
 @pytest.fixture
@@ -74,23 +74,6 @@ def prometheus_name(name: str, kind: str) -> str:
     """What OpenTelemetry's Prometheus exporter names an instrument (its documented rules)."""
     base = re.sub(r"[^a-zA-Z0-9_]", "_", name)
     return {"counter": f"{base}_total", "histogram": f"{base}_seconds", "gauge": base}[kind]
-
-
-def work(worker: Worker, bus: EventBus, order_ids: list[str], *, entries: int) -> None:
-    """Publish an OrderPlaced per id; run ``worker`` until it acknowledged ``entries``."""
-
-    async def main() -> None:
-        task = asyncio.create_task(worker.run())
-        for order_id in order_ids:
-            bus.publish(OrderPlaced(order_id=order_id))
-        for _ in range(3000):
-            if worker.handled == entries:
-                break
-            await asyncio.sleep(0.01)
-        worker.stop()
-        await asyncio.wait_for(task, 60)
-
-    asyncio.run(main())
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["publish", "publish_async"])

@@ -25,6 +25,8 @@ from eventbus.otel import Tracing
 from eventbus.outbox import OutboxRow
 from eventbus.testing import FakeClock
 
+from .test_otel import parent_of
+
 
 class OrderPlaced(Event):
     order_id: str
@@ -74,10 +76,6 @@ def relay(bus: EventBus, outbox: SQLiteOutbox, use_async: bool) -> int:
 def named(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
     [span] = [span for span in exporter.get_finished_spans() if span.name == name]
     return span
-
-
-def parent_of(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent is not None else None
 
 
 @pytest.mark.parametrize("use_async", [False, True], ids=["send", "send_async"])

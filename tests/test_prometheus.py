@@ -172,6 +172,23 @@ def broker_bus(redis_url: str) -> c.Iterator[EventBus]:
     bus.broker.close()  # type: ignore[attr-defined]
 
 
+def work(worker: Worker, bus: EventBus, order_ids: list[str], *, entries: int) -> None:
+    """Publish an OrderPlaced per id; run ``worker`` until it acknowledged ``entries``."""
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        for order_id in order_ids:
+            bus.publish(OrderPlaced(order_id=order_id))
+        for _ in range(3000):
+            if worker.handled == entries:
+                break
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+    asyncio.run(main())
+
+
 def test_the_broker_collector_shows_each_groups_pending_lag_and_the_letters(
     broker_bus: EventBus, registry: CollectorRegistry
 ) -> None:
@@ -189,18 +206,7 @@ def test_the_broker_collector_shows_each_groups_pending_lag_and_the_letters(
     worker = Worker(bus, handlers=["shop.ship"], block=0.05)
     registry.register(WorkerCollector(worker))
 
-    async def main() -> None:
-        task = asyncio.create_task(worker.run())
-        for order_id in ("o1", "bad", "o2"):
-            bus.publish(OrderPlaced(order_id=order_id))
-        for _ in range(3000):
-            if worker.handled == 3:
-                break
-            await asyncio.sleep(0.01)
-        worker.stop()
-        await asyncio.wait_for(task, 60)
-
-    asyncio.run(main())
+    work(worker, bus, ["o1", "bad", "o2"], entries=3)
     here = {"namespace": "metrics"}
     assert value(registry, "eventbus_broker_up", **here) == 1
     assert value(registry, "eventbus_group_pending", handler="shop.ship", **here) == 0
